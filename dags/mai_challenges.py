@@ -1,0 +1,227 @@
+"""
+### MAI challenge phases
+
+One DAG per phase of every challenge file in `include/challenges/`, each fired by
+Airflow's `EventsTimetable` at the exact instants of the challenge timeline (5 pm
+Pacific Time unless the event says otherwise, daylight saving included). Scoring
+follows the frozen final set (an asset). Dates not fixed yet schedule nothing.
+
+Re-run a phase by clearing its task; trigger a DAG by hand to run its latest event,
+or name one in the trigger form (`event`). The work is in `mai_ops.runtime`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, task
+from airflow.timetables.events import EventsTimetable
+
+from mai_ops.config import Challenge, Phase, challenge_files, read_challenge
+from mai_ops.timeline import DagPhase, dag_id, phase_instants
+
+DEFAULT_ARGS = {
+    "owner": "mai-organizers",
+    "retries": 2,
+    "retry_delay": pendulum.duration(minutes=2),
+    "execution_timeout": pendulum.duration(minutes=30),
+}
+
+PHASE_DOCS = {
+    DagPhase.RELEASE_DATA: "Publish the staged data for the release event, with sha256 "
+    "manifest and time-limited links, and email every registered team.",
+    DagPhase.VALIDATION_SERVER: "Open the validation server and tell every team.",
+    DagPhase.FINAL_COLLECTION: "Freeze every team's final submission (sha256 manifest) and "
+    "send receipts. Produces the frozen final set that triggers scoring.",
+    DagPhase.SCORING: "Score the frozen final set, one mapped task per submission. Trigger "
+    "by hand with `track` / `team` to re-score a track or one team.",
+    DagPhase.PRELIMINARY_RESULTS: "Publish the preliminary results table and email each "
+    "team its own results.",
+    DagPhase.REMINDERS: "Remind every team of a deadline some days before it.",
+    DagPhase.WORKSHOP_NOTICES: "Workshop dates: submission server online, decisions, "
+    "camera-ready, workshop day.",
+}
+
+
+def _run_info(context) -> tuple[pendulum.DateTime, bool]:
+    """The instant a run stands for, and whether a person triggered it."""
+    run = context["dag_run"]
+    when = context.get("logical_date") or run.run_after
+    return when, str(run.run_type).lower().endswith("manual")
+
+
+def frozen_final_set(challenge: Challenge) -> Asset:
+    return Asset(
+        name=f"{challenge.id}_frozen_final_set",
+        uri=f"s3://{challenge.buckets.results}/frozen/manifest.json",
+    )
+
+
+def build_phase_dag(challenge: Challenge, path: str, phase: str, instants: list):
+    event_names = [
+        e.name
+        for e in challenge.timeline
+        if {
+            DagPhase.RELEASE_DATA: Phase.RELEASE_DATA,
+            DagPhase.VALIDATION_SERVER: Phase.VALIDATION_SERVER,
+            DagPhase.WORKSHOP_NOTICES: Phase.WORKSHOP_NOTICE,
+        }.get(phase)
+        == e.phase
+    ]
+    params = {}
+    if event_names:
+        params["event"] = Param(
+            "",
+            type="string",
+            enum=["", *event_names],
+            description="Run this event instead of the one at the run's date (empty: by date).",
+        )
+    if phase == DagPhase.SCORING:
+        schedule = [frozen_final_set(challenge)]
+        params["track"] = Param("all", type="string", enum=["all", *[t.id for t in challenge.tracks]])
+        params["team"] = Param("", type="string", description="Re-score one team (empty: all).")
+    else:
+        schedule = EventsTimetable(
+            event_dates=[pendulum.instance(i) for i in instants],
+            restrict_to_events=True,
+            presorted=True,
+            description=f"{len(instants)} {phase} instant(s) of {challenge.id}",
+        )
+
+    @dag(
+        dag_id=dag_id(challenge.id, phase),
+        description=f"{challenge.title}: {phase.replace('_', ' ')}",
+        doc_md=f"{__doc__}\n\n#### {challenge.title}: {phase}\n\n{PHASE_DOCS[phase]}\n\n"
+        f"Challenge file: `{Path(path).name}`",
+        schedule=schedule,
+        start_date=None,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=params,
+        tags=["mai-ops", f"challenge:{challenge.id}", f"phase:{phase}"],
+    )
+    def phase_dag():
+        _wire_phase(challenge, path, phase)
+
+    return phase_dag()
+
+
+def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
+    from airflow.sdk import get_current_context
+
+    if phase == DagPhase.RELEASE_DATA:
+
+        @task
+        def publish_release_and_notify(params=None):
+            from mai_ops import runtime
+
+            when, manual = _run_info(get_current_context())
+            return runtime.release_data(path, when, params.get("event") or None, manual)
+
+        publish_release_and_notify()
+
+    elif phase in (DagPhase.VALIDATION_SERVER, DagPhase.WORKSHOP_NOTICES):
+
+        @task(task_id=f"announce_{phase}")
+        def announce(params=None):
+            from mai_ops import runtime
+
+            when, manual = _run_info(get_current_context())
+            return runtime.announce_events(path, phase, when, params.get("event") or None, manual)
+
+        announce()
+
+    elif phase == DagPhase.REMINDERS:
+
+        @task
+        def send_reminders():
+            from mai_ops import runtime
+
+            when, _ = _run_info(get_current_context())
+            return runtime.send_reminders(path, when)
+
+        send_reminders()
+
+    elif phase == DagPhase.FINAL_COLLECTION:
+
+        @task(outlets=[frozen_final_set(challenge)])
+        def freeze_final_set():
+            from mai_ops import runtime
+
+            return runtime.freeze_final(path)
+
+        @task
+        def send_receipts():
+            from mai_ops import runtime
+
+            return runtime.send_receipts(path)
+
+        freeze_final_set() >> send_receipts()
+
+    elif phase == DagPhase.SCORING:
+
+        @task
+        def list_frozen_submissions(params=None):
+            from mai_ops import runtime
+
+            return runtime.list_frozen(path, params.get("track"), params.get("team") or None)
+
+        @task(max_active_tis_per_dag=2)
+        def score_submission(entry):
+            from mai_ops import runtime
+
+            return runtime.score_submission(path, entry)
+
+        @task
+        def summarize_scores(records):
+            records = list(records)
+            return {
+                "scored": len(records),
+                "failed": [f"{r['track']}/{r['team']}" for r in records if r["status"] != "verified"],
+            }
+
+        summarize_scores(score_submission.expand(entry=list_frozen_submissions()))
+
+    elif phase == DagPhase.PRELIMINARY_RESULTS:
+
+        @task
+        def publish_preliminary_results():
+            from mai_ops import runtime
+
+            return runtime.publish_preliminary_results(path)
+
+        publish_preliminary_results()
+
+
+def build_config_error_dag(path: Path, problems: list) -> None:
+    """A broken challenge file shows in the UI as a DAG that fails with the reasons."""
+    text = "\n".join(f"- {p}" for p in problems)
+
+    @dag(
+        dag_id=f"{path.stem}__config_error",
+        doc_md=f"### `{path.name}` cannot be loaded\n\n{text}",
+        schedule=None,
+        catchup=False,
+        default_args=DEFAULT_ARGS,
+        tags=["mai-ops", "config-error"],
+    )
+    def config_error():
+        @task
+        def report_config_errors():
+            raise ValueError(f"{path.name} has errors:\n{text}")
+
+        report_config_errors()
+
+    config_error()
+
+
+for _path in challenge_files():
+    _challenge, _problems = read_challenge(_path)
+    _errors = [p for p in _problems if p.severity == "error"]
+    if _challenge is None or _errors:
+        build_config_error_dag(_path, _errors)
+        continue
+    for _phase, _instants in phase_instants(_challenge).items():
+        build_phase_dag(_challenge, str(_path), _phase, _instants)

@@ -1,0 +1,96 @@
+"""Object-storage helpers over a boto3 S3 client, and the bucket layout.
+
+The DAGs get their client from the Amazon provider's ``S3Hook`` (connection
+``aws_default``); tests and the demo build one against the local S3-compatible
+server. Keys are derived from the challenge, event, track and team, never from
+the clock, so a cleared task writes to the same place again. See docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+CHUNK = 1024 * 1024
+
+
+def data_prefix(event: str) -> str:
+    """Organizers' bucket: the files to publish at ``event`` (e.g. train_data_release)."""
+    return f"data/{event}/"
+
+
+def release_prefix(event: str) -> str:
+    """Public bucket: what participants download after ``event``."""
+    return f"releases/{event}/"
+
+
+def final_upload_prefix(track: str, team: str) -> str:
+    """Submissions bucket: a team's final-phase uploads for a track."""
+    return f"{track}/final/{team}/"
+
+
+FROZEN_MANIFEST = "frozen/manifest.json"
+
+
+def frozen_key(track: str, team: str, filename: str) -> str:
+    """Results bucket: the immutable copy of a team's final submission."""
+    return f"frozen/{track}/{team}/{filename}"
+
+
+def list_objects(s3: Any, bucket: str, prefix: str = "") -> Iterator[dict]:
+    """Every object under ``prefix`` (all pages), as the ListObjectsV2 entries."""
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def object_exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        raise
+    return True
+
+
+def sha256_of_object(s3: Any, bucket: str, key: str) -> str:
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(CHUNK), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def put_json(s3: Any, bucket: str, key: str, data: Any) -> None:
+    body = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+
+
+def get_json(s3: Any, bucket: str, key: str) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def copy_if_changed(s3: Any, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> str:
+    """Copy unless the destination already holds the same bytes; return the sha256.
+
+    The digest travels as object metadata so a re-run compares without re-reading.
+    """
+    digest = sha256_of_object(s3, src_bucket, src_key)
+    try:
+        head = s3.head_object(Bucket=dst_bucket, Key=dst_key)
+        if head.get("Metadata", {}).get("sha256") == digest:
+            return digest
+    except s3.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
+            raise
+    s3.copy_object(
+        Bucket=dst_bucket,
+        Key=dst_key,
+        CopySource={"Bucket": src_bucket, "Key": src_key},
+        Metadata={"sha256": digest, "source": f"s3://{src_bucket}/{src_key}"},
+        MetadataDirective="REPLACE",
+    )
+    return digest
