@@ -176,7 +176,9 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
         @task
         def summarize_scores(records):
-            records = list(records)
+            # Index the lazy XCom sequence by its length: iterating it probes one past
+            # the end and logs a spurious "XCom not found".
+            records = [records[i] for i in range(len(records))]
             return {
                 "scored": len(records),
                 "failed": [f"{r['track']}/{r['team']}" for r in records if r["status"] != "verified"],

@@ -79,6 +79,12 @@ def _timeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from mai_ops.demo import run_timeline
+
+    return run_timeline(args.challenge, Path(args.workdir) if args.workdir else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mai-ops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="read this file instead of looking the id up")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=_timeline)
+
+    p = sub.add_parser("demo", help="run a whole challenge timeline on the embedded stack")
+    p.add_argument("challenge", nargs="?", default="mai2021")
+    p.add_argument("--workdir", help="where the Airflow home and the outbox go (default var/demo)")
+    p.set_defaults(func=_demo)
     return parser
 
 

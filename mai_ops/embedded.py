@@ -1,0 +1,166 @@
+"""The embedded default stack: an S3-compatible server and an SMTP server on loopback.
+
+Production talks to AWS S3 or MinIO and a real mail relay; on one machine the same
+code talks to moto's S3 server over HTTP and to an SMTP server that stores every
+message it receives as an ``.eml`` file, so organizers (and tests) can read exactly
+what participants would get. Airflow finds both through ``AIRFLOW_CONN_*``
+variables built by :func:`connection_env`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+DEFAULT_REGION = "us-east-1"
+EMBEDDED_KEY = "mai-ops-local"
+EMBEDDED_SECRET = "mai-ops-local-secret"
+FROM_EMAIL = "MAI organizers <noreply@mai-challenge.example>"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalS3:
+    """moto's S3 server in a thread, speaking real HTTP on loopback."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    _server: Any = field(default=None, repr=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> LocalS3:
+        from moto.server import ThreadedMotoServer
+
+        # One access-log line per request would drown the task logs.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.port = self.port or free_port(self.host)
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def client(self) -> Any:
+        return s3_client(self.endpoint_url)
+
+
+def s3_client(endpoint_url: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=DEFAULT_REGION,
+        aws_access_key_id=EMBEDDED_KEY,
+        aws_secret_access_key=EMBEDDED_SECRET,
+    )
+
+
+def ensure_buckets(s3: Any, names: Iterable[str]) -> list[str]:
+    """Create the buckets that are missing; return the ones created."""
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    created = []
+    for name in names:
+        if name not in existing:
+            s3.create_bucket(Bucket=name)
+            created.append(name)
+    return created
+
+
+class _MaildirHandler:
+    """aiosmtpd handler: one ``.eml`` file per message, named by its content hash."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        data = envelope.original_content or envelope.content
+        if isinstance(data, str):
+            data = data.encode()
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        with self.lock:
+            count = len(list(self.folder.glob("*.eml")))
+            path = self.folder / f"{count + 1:06d}-{digest}.eml"
+            path.write_bytes(data)
+        return "250 Message accepted for delivery"
+
+
+@dataclass
+class LocalSMTP:
+    """An SMTP server on loopback that writes every message to ``folder``."""
+
+    folder: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    _controller: Any = field(default=None, repr=False)
+
+    def start(self) -> LocalSMTP:
+        from aiosmtpd.controller import Controller
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        self._controller = Controller(
+            _MaildirHandler(self.folder), hostname=self.host, port=self.port
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+def read_outbox(folder: Path) -> list[EmailMessage]:
+    """The messages the local SMTP server stored, oldest first."""
+    return [
+        message_from_bytes(p.read_bytes(), policy=policy.default)
+        for p in sorted(Path(folder).glob("*.eml"))
+    ]
+
+
+def connection_env(s3_endpoint: str, smtp_host: str, smtp_port: int) -> dict[str, str]:
+    """``AIRFLOW_CONN_*`` variables for the providers' hooks, in Airflow's JSON form."""
+    aws = {
+        "conn_type": "aws",
+        "login": EMBEDDED_KEY,
+        "password": EMBEDDED_SECRET,
+        "extra": {"endpoint_url": s3_endpoint, "region_name": DEFAULT_REGION},
+    }
+    smtp = {
+        "conn_type": "smtp",
+        "host": smtp_host,
+        "port": smtp_port,
+        "extra": {
+            "from_email": FROM_EMAIL,
+            "disable_ssl": True,
+            "disable_tls": True,
+            "timeout": 30,
+            "retry_limit": 3,
+        },
+    }
+    return {
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
+    }
