@@ -50,7 +50,9 @@ def find_challenge_file(challenge_id: str) -> Path:
         except ChallengeConfigError:
             continue
     known = ", ".join(p.stem for p in challenge_files()) or "none"
-    raise LookupError(f"no challenge {challenge_id!r} in {default_challenges_dir()} (known: {known})")
+    raise LookupError(
+        f"no challenge {challenge_id!r} in {default_challenges_dir()} (known: {known})"
+    )
 
 
 def _timeline(args: argparse.Namespace) -> int:

@@ -268,9 +268,11 @@ def read_challenge(path: str | Path) -> tuple[Challenge | None, list[Problem]]:
     path = Path(path)
     name = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_DatesAsTextLoader)  # noqa: S506
     except FileNotFoundError:
         return None, [Problem(name, "", "file not found")]
+    except OSError as exc:
+        return None, [Problem(name, "", f"cannot read: {exc.strerror or exc}")]
     except UnicodeDecodeError as exc:
         return None, [Problem(name, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
     except yaml.YAMLError as exc:
@@ -288,6 +290,19 @@ def read_challenge(path: str | Path) -> tuple[Challenge | None, list[Problem]]:
             for err in exc.errors(include_url=False)
         ]
     return challenge, semantic_problems(challenge, name)
+
+
+class _DatesAsTextLoader(yaml.SafeLoader):
+    """Safe YAML that keeps dates as text, so 2021-02-30 is reported, not a crash.
+
+    PyYAML turns an unquoted date into ``datetime.date`` and raises a bare ValueError
+    on an impossible one; the schema parses the text itself and names the field.
+    """
+
+
+_DatesAsTextLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
 
 
 def load_challenge(path: str | Path) -> Challenge:
@@ -351,25 +366,20 @@ def semantic_problems(ch: Challenge, file: str) -> list[Problem]:
             )
 
     index = {e.name: i for i, e in enumerate(ch.timeline)}
-    milestones = [
-        (name, ch.timeline[index[name]]) for name in ORDERED_MILESTONES if name in index
-    ]
+    milestones = [(name, ch.timeline[index[name]]) for name in ORDERED_MILESTONES if name in index]
     fixed = [(n, e) for n, e in milestones if e.date.fixed]
     for (prev_name, prev), (name, event) in zip(fixed, fixed[1:], strict=False):
         if _when(ch, event) <= _when(ch, prev):
             error(
                 f"timeline[{index[name]}].date",
-                f"{name} ({event.date.text()}) must come after {prev_name} "
-                f"({prev.date.text()})",
+                f"{name} ({event.date.text()}) must come after {prev_name} ({prev.date.text()})",
             )
 
     devices = {d.name for d in ch.devices}
     for i, track in enumerate(ch.tracks):
         if track.device not in devices:
-            error(
-                f"tracks[{i}].device",
-                f"unknown device {track.device!r}; declared: {', '.join(sorted(devices)) or 'none'}",
-            )
+            declared = ", ".join(sorted(devices)) or "none"
+            error(f"tracks[{i}].device", f"unknown device {track.device!r}; declared: {declared}")
         for j, metric in enumerate(track.metrics):
             if metric not in METRICS:
                 error(
@@ -429,7 +439,11 @@ def validate_files(paths: list[Path]) -> list[Problem]:
             continue
         if challenge.id in seen:
             problems.append(
-                Problem(str(path), "id", f"challenge id {challenge.id!r} is also used by {seen[challenge.id]}")
+                Problem(
+                    str(path),
+                    "id",
+                    f"challenge id {challenge.id!r} is also used by {seen[challenge.id]}",
+                )
             )
         else:
             seen[challenge.id] = path

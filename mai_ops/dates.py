@@ -95,8 +95,11 @@ def parse_time_of_day(value: object) -> dt.time:
 def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name like America/Los_Angeles)")
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name like "America" is a folder of the tz database, not a zone.
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name like America/Los_Angeles)"
+        ) from None
 
 
 def local_instant(date: EventDate, time: dt.time, tz_name: str) -> dt.datetime | None:

@@ -155,7 +155,9 @@ def _run(bag, dag: str, instant: dt.datetime | None, label: str = "run") -> RunR
     return RunResult(dag, instant, state)
 
 
-def _report(challenge: Challenge, s3, outbox: Path, results: list[RunResult], duplicates: int) -> int:
+def _report(
+    challenge: Challenge, s3, outbox: Path, results: list[RunResult], duplicates: int
+) -> int:
     from mai_ops.storage import list_objects
 
     failed = [r for r in results if not r.state.endswith("success")]

@@ -53,8 +53,9 @@ def parse_formula(text: str, known_names: Iterable[str]) -> ast.Expression:
     except SyntaxError as exc:
         raise FormulaError(f"not an arithmetic expression: {exc.msg}") from None
     known = set(known_names)
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
-        _check_node(node, known)
+        _check_node(node, known, called)
     return tree
 
 
@@ -64,7 +65,7 @@ def formula_names(tree: ast.Expression) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
 
 
-def _check_node(node: ast.AST, known: set[str]) -> None:
+def _check_node(node: ast.AST, known: set[str], called: set[int]) -> None:
     if isinstance(node, ast.Expression | ast.Load | ast.operator | ast.unaryop):
         return  # operators are checked by the BinOp/UnaryOp that holds them
     if isinstance(node, ast.Constant):
@@ -89,7 +90,11 @@ def _check_node(node: ast.AST, known: set[str]) -> None:
             raise FormulaError("keyword arguments are not allowed")
         return
     if isinstance(node, ast.Name):
-        if node.id not in known and node.id not in FUNCTIONS:
+        if id(node) in called:
+            return  # checked by its Call
+        if node.id in FUNCTIONS and node.id not in known:
+            raise FormulaError(f"{node.id!r} is a function; call it like {node.id}(x)")
+        if node.id not in known:
             raise FormulaError(
                 f"unknown variable {node.id!r}; known: {', '.join(sorted(known)) or 'none'}"
             )
@@ -111,15 +116,19 @@ def evaluate_formula(text: str, variables: Mapping[str, float]) -> float:
 
 def _eval(node: ast.AST, variables: Mapping[str, float]) -> float:
     if isinstance(node, ast.Constant):
-        return node.value
+        return float(node.value)  # floats overflow fast; huge exact ints would hang
     if isinstance(node, ast.Name):
         return float(variables[node.id])
     if isinstance(node, ast.UnaryOp):
         return _UNARY[type(node.op)](_eval(node.operand, variables))
     if isinstance(node, ast.BinOp):
         left, right = _eval(node.left, variables), _eval(node.right, variables)
-        if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
-            raise OverflowError(f"exponent {right} is too large")
+        if isinstance(node.op, ast.Pow):
+            if abs(right) > _MAX_EXPONENT:
+                raise OverflowError(f"exponent {right} is too large")
+            # math.pow refuses a negative base with a fractional exponent instead of
+            # returning a complex number that abs() would quietly make real again.
+            return math.pow(left, right)
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.Call):
         return FUNCTIONS[node.func.id](*(_eval(a, variables) for a in node.args))

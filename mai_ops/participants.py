@@ -87,7 +87,9 @@ def load_teams(challenge: Challenge, challenge_file: str | Path, s3: Any = None)
         name = str(path)
     else:
         if s3 is None:
-            raise ParticipantsError("participants live in object storage but no S3 client was given")
+            raise ParticipantsError(
+                "participants live in object storage but no S3 client was given"
+            )
         bucket = challenge.buckets.organizers
         try:
             text = s3.get_object(Bucket=bucket, Key=source.path)["Body"].read().decode("utf-8")

@@ -40,9 +40,14 @@ def publish_release(s3: Any, challenge: Challenge, event: Event) -> dict:
         relative = obj["Key"][len(src) :]
         digest = copy_if_changed(s3, buckets.organizers, obj["Key"], buckets.public, dst + relative)
         files.append({"key": dst + relative, "size": obj["Size"], "sha256": digest})
-    manifest = {"challenge": challenge.id, "event": event.name, "title": event.title, "files": files}
+    manifest = {
+        "challenge": challenge.id,
+        "event": event.name,
+        "title": event.title,
+        "files": files,
+    }
     put_json(s3, buckets.public, dst + "manifest.json", manifest)
-    sums = "".join(f"{f['sha256']}  {f['key'][len(dst):]}\n" for f in files)
+    sums = "".join(f"{f['sha256']}  {f['key'][len(dst) :]}\n" for f in files)
     s3.put_object(Bucket=buckets.public, Key=dst + "SHA256SUMS", Body=sums.encode())
     return manifest
 
@@ -63,7 +68,9 @@ def release_notices(
             Params={"Bucket": challenge.buckets.public, "Key": f["key"]},
             ExpiresIn=link_ttl_s,
         )
-        lines.append(f"- {f['key'].rsplit('/', 1)[-1]} ({f['size']} bytes)\n  sha256 {f['sha256']}\n  {url}")
+        lines.append(
+            f"- {f['key'].rsplit('/', 1)[-1]} ({f['size']} bytes)\n  sha256 {f['sha256']}\n  {url}"
+        )
     days = link_ttl_s / 86400
     body_files = "\n".join(lines)
     return [

@@ -65,7 +65,9 @@ def resolve_events(
         for event in candidates:
             if event.name == override:
                 return [event]
-        raise PhaseError(f"event {override!r} is not a {dag_phase} event of {challenge.id}; known: {names}")
+        raise PhaseError(
+            f"event {override!r} is not a {dag_phase} event of {challenge.id}; known: {names}"
+        )
     events = events_at(challenge, dag_phase, when)
     if not events and manual:
         past = [
@@ -105,7 +107,10 @@ def announce_events(
     teams = load_teams(challenge, path, s3)
     events = resolve_events(challenge, dag_phase, logical_date, event, manual)
     report = deliver(
-        event_notices(challenge, events, teams, dag_phase), _sender(send), s3, challenge.buckets.results
+        event_notices(challenge, events, teams, dag_phase),
+        _sender(send),
+        s3,
+        challenge.buckets.results,
     )
     return {"events": [e.name for e in events], **report.as_dict()}
 
@@ -117,7 +122,9 @@ def send_reminders(path, logical_date, s3=None, send=None) -> dict:
         raise PhaseError(f"no reminder of {challenge.id} falls at {logical_date.isoformat()}")
     s3, _ = _clients(s3, send)
     teams = load_teams(challenge, path, s3)
-    report = deliver(reminder_notices(challenge, reminders, teams), _sender(send), s3, challenge.buckets.results)
+    report = deliver(
+        reminder_notices(challenge, reminders, teams), _sender(send), s3, challenge.buckets.results
+    )
     return {"reminders": [r.key for r in reminders], **report.as_dict()}
 
 

@@ -35,7 +35,10 @@ def verify_frozen_submission(s3: Any, challenge: Challenge, entry: dict) -> dict
         "status": "verified" if intact else "failed",
         "error": None
         if intact
-        else {"code": "frozen_copy_changed", "message": f"sha256 is {actual}, manifest says {entry['sha256']}"},
+        else {
+            "code": "frozen_copy_changed",
+            "message": f"sha256 is {actual}, manifest says {entry['sha256']}",
+        },
         "stages": ["integrity"],
     }
     put_json(s3, challenge.buckets.results, score_key(entry["track"], entry["team"]), record)
@@ -44,7 +47,9 @@ def verify_frozen_submission(s3: Any, challenge: Challenge, entry: dict) -> dict
 
 def collect_results(s3: Any, challenge: Challenge) -> list[dict]:
     bucket = challenge.buckets.results
-    keys = sorted(o["Key"] for o in list_objects(s3, bucket, "scores/") if o["Key"].endswith(".json"))
+    keys = sorted(
+        o["Key"] for o in list_objects(s3, bucket, "scores/") if o["Key"].endswith(".json")
+    )
     return [get_json(s3, bucket, key) for key in keys]
 
 
