@@ -51,6 +51,18 @@ def _run_info(context) -> tuple[pendulum.DateTime, bool]:
     return when, str(run.run_type).lower().endswith("manual")
 
 
+def organizer_errors_fail_fast(fn, *args, **kwargs):
+    """Run ``fn``; an error a retry cannot fix fails the task at once, with its reason."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mai_ops.errors import NeedsOrganizer
+
+    try:
+        return fn(*args, **kwargs)
+    except NeedsOrganizer as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
 def frozen_final_set(challenge: Challenge) -> Asset:
     # Named, not an s3:// URI: an s3 URI makes Airflow import the Amazon provider and
     # boto3 at parse time (+0.5 s per parse). The location travels in `extra`.
@@ -122,7 +134,9 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             from mai_ops import runtime
 
             when, manual = _run_info(get_current_context())
-            return runtime.release_data(path, when, params.get("event") or None, manual)
+            return organizer_errors_fail_fast(
+                runtime.release_data, path, when, params.get("event") or None, manual
+            )
 
         publish_release_and_notify()
 
@@ -133,7 +147,9 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             from mai_ops import runtime
 
             when, manual = _run_info(get_current_context())
-            return runtime.announce_events(path, phase, when, params.get("event") or None, manual)
+            return organizer_errors_fail_fast(
+                runtime.announce_events, path, phase, when, params.get("event") or None, manual
+            )
 
         announce()
 
@@ -144,7 +160,7 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             from mai_ops import runtime
 
             when, _ = _run_info(get_current_context())
-            return runtime.send_reminders(path, when)
+            return organizer_errors_fail_fast(runtime.send_reminders, path, when)
 
         send_reminders()
 
@@ -154,13 +170,13 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
         def freeze_final_set():
             from mai_ops import runtime
 
-            return runtime.freeze_final(path)
+            return organizer_errors_fail_fast(runtime.freeze_final, path)
 
         @task
         def send_receipts():
             from mai_ops import runtime
 
-            return runtime.send_receipts(path)
+            return organizer_errors_fail_fast(runtime.send_receipts, path)
 
         freeze_final_set() >> send_receipts()
 
@@ -170,13 +186,15 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
         def list_frozen_submissions(params=None):
             from mai_ops import runtime
 
-            return runtime.list_frozen(path, params.get("track"), params.get("team") or None)
+            return organizer_errors_fail_fast(
+                runtime.list_frozen, path, params.get("track"), params.get("team") or None
+            )
 
         @task(max_active_tis_per_dag=2)
         def score_submission(entry):
             from mai_ops import runtime
 
-            return runtime.score_submission(path, entry)
+            return organizer_errors_fail_fast(runtime.score_submission, path, entry)
 
         @task(multiple_outputs=False)
         def summarize_scores(records):
@@ -198,7 +216,7 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
         def publish_preliminary_results():
             from mai_ops import runtime
 
-            return runtime.publish_preliminary_results(path)
+            return organizer_errors_fail_fast(runtime.publish_preliminary_results, path)
 
         publish_preliminary_results()
 

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from mai_ops.dates import EventDate, parse_event_date, parse_time_of_day, zone
+from mai_ops.errors import NeedsOrganizer
 from mai_ops.formula import FormulaError, parse_formula
 from mai_ops.metrics import MEASUREMENT_VARIABLES, METRICS
 
@@ -242,7 +243,7 @@ class Problem:
         return f"{where}: {self.severity}: {self.message}"
 
 
-class ChallengeConfigError(ValueError):
+class ChallengeConfigError(NeedsOrganizer, ValueError):
     """A challenge file that cannot be used; ``problems`` lists every error found."""
 
     def __init__(self, problems: list[Problem]):

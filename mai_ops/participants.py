@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mai_ops.config import Challenge, Problem
+from mai_ops.errors import NeedsOrganizer
 
 REQUIRED_COLUMNS = ("team_id", "team_name", "email")
 _EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
@@ -69,7 +70,7 @@ def parse_participants(
     return teams, problems
 
 
-class ParticipantsError(ValueError):
+class ParticipantsError(NeedsOrganizer):
     """The participants list cannot be read at all."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mai_ops.config import Challenge, Event
+from mai_ops.errors import NeedsOrganizer
 from mai_ops.notifications import Notice
 from mai_ops.participants import Team
 from mai_ops.storage import copy_if_changed, data_prefix, list_objects, put_json, release_prefix
@@ -17,7 +18,7 @@ from mai_ops.storage import copy_if_changed, data_prefix, list_objects, put_json
 DEFAULT_LINK_TTL_S = 7 * 24 * 3600
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(NeedsOrganizer):
     """The release cannot happen as configured (e.g. nothing staged to publish)."""
 
 

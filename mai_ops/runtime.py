@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mai_ops.config import Challenge, Event, load_challenge
+from mai_ops.errors import NeedsOrganizer
 from mai_ops.final_set import freeze_final_set, receipt_notices
 from mai_ops.notices import event_notices, reminder_notices
 from mai_ops.notifications import Notice, deliver
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 Sender = Callable[[Notice], None]
 
 
-class PhaseError(RuntimeError):
+class PhaseError(NeedsOrganizer):
     """A phase run that cannot go ahead; the message says what the organizer should fix."""
 
 
@@ -150,7 +151,10 @@ def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
     challenge = load_challenge(path)
     s3, _ = _clients(s3, None)
     if track and track != "all":
-        challenge.track(track)  # raises naming the unknown track
+        try:
+            challenge.track(track)
+        except KeyError as exc:
+            raise PhaseError(exc.args[0]) from None
     entries = [
         e
         for e in frozen_entries(s3, challenge)

@@ -1,0 +1,84 @@
+"""Shared fixtures: a real S3-compatible server and a real SMTP server on loopback.
+
+Airflow reads its settings when first imported, so they are set here, before any
+test module imports it: a throw-away AIRFLOW_HOME with a SQLite metadata DB and
+the project's DAG folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+CHALLENGES = PROJECT / "include" / "challenges"
+MAI2021 = CHALLENGES / "mai2021.yaml"
+
+_HOME = Path(tempfile.mkdtemp(prefix="mai-ops-tests-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_HOME / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_HOME / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "MAI_OPS_CHALLENGES_DIR": str(CHALLENGES),
+    }
+)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from mai_ops.embedded import LocalS3
+
+    server = LocalS3().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """A client on a clean server: every bucket of mai2021 exists and is empty."""
+    from mai_ops.config import load_challenge
+    from mai_ops.embedded import ensure_buckets
+    from mai_ops.storage import list_objects
+
+    client = s3_server.client()
+    buckets = load_challenge(MAI2021).buckets.model_dump().values()
+    ensure_buckets(client, buckets)
+    for bucket in buckets:
+        for obj in list(list_objects(client, bucket)):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    return client
+
+
+@pytest.fixture
+def smtp(tmp_path):
+    from mai_ops.embedded import LocalSMTP
+
+    server = LocalSMTP(tmp_path / "outbox").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def airflow_connections(s3_server, smtp, monkeypatch):
+    """AIRFLOW_CONN_* for the providers' hooks, pointing at the loopback servers."""
+    from mai_ops.embedded import connection_env
+
+    for key, value in connection_env(s3_server.endpoint_url, smtp.host, smtp.port).items():
+        monkeypatch.setenv(key, value)
+    return smtp
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated SQLite metadata DB, once per session."""
+    airflow = Path(sys.executable).with_name("airflow")
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]

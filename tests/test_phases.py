@@ -1,0 +1,227 @@
+"""Phase logic against a real S3-compatible server and a real SMTP server on loopback.
+
+The tasks reach both through the providers' hooks (S3Hook, SmtpHook) configured by
+AIRFLOW_CONN_* variables, exactly as inside Airflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import zipfile
+
+import pytest
+
+from mai_ops import runtime
+from mai_ops.config import load_challenge
+from mai_ops.embedded import read_outbox
+from mai_ops.participants import load_teams, parse_participants
+from mai_ops.release import ReleaseError
+from mai_ops.storage import FROZEN_MANIFEST, get_json, list_objects
+
+from .conftest import MAI2021
+
+TRAIN = dt.datetime(2021, 1, 16, 1, tzinfo=dt.UTC)
+TEST_RELEASE = dt.datetime(2021, 3, 16, 0, tzinfo=dt.UTC)
+CH = load_challenge(MAI2021)
+
+
+def stage(s3, event="train_data_release", files=None):
+    files = files or {"isp/train_001.npz": b"raw-bayer", "depth/train_001.npz": b"depth-mm"}
+    for name, body in files.items():
+        s3.put_object(Bucket=CH.buckets.organizers, Key=f"data/{event}/{name}", Body=body)
+
+
+def upload(s3, track, team, body=b"model", name="submission.zip"):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("model.tflite", body)
+    s3.put_object(
+        Bucket=CH.buckets.submissions, Key=f"{track}/final/{team}/{name}", Body=archive.getvalue()
+    )
+
+
+def test_release_publishes_files_with_checksums_and_emails_every_team(s3, airflow_connections):
+    stage(s3)
+    result = runtime.release_data(MAI2021, TRAIN)
+    manifest = get_json(s3, CH.buckets.public, "releases/train_data_release/manifest.json")
+    assert {f["key"] for f in manifest["files"]} == {
+        "releases/train_data_release/isp/train_001.npz",
+        "releases/train_data_release/depth/train_001.npz",
+    }
+    sums = s3.get_object(Bucket=CH.buckets.public, Key="releases/train_data_release/SHA256SUMS")
+    text = sums["Body"].read().decode()
+    import hashlib
+
+    assert f"{hashlib.sha256(b'raw-bayer').hexdigest()}  isp/train_001.npz" in text
+    mails = read_outbox(airflow_connections.folder)
+    assert sorted(m["To"] for m in mails) == sorted(t.email for t in load_teams(CH, MAI2021))
+    assert "Train / validation data released" in mails[0]["Subject"]
+    assert "X-Amz-" in mails[0].get_body().get_content() or "Signature=" in (
+        mails[0].get_body().get_content()
+    )
+    assert len(result["sent"]) == 3
+
+
+def test_release_rerun_sends_nothing_twice_and_keeps_the_manifest(s3, airflow_connections):
+    stage(s3)
+    runtime.release_data(MAI2021, TRAIN)
+    first = get_json(s3, CH.buckets.public, "releases/train_data_release/manifest.json")
+    again = runtime.release_data(MAI2021, TRAIN)
+    assert again["sent"] == [] and len(again["already_sent"]) == 3
+    assert get_json(s3, CH.buckets.public, "releases/train_data_release/manifest.json") == first
+    assert len(read_outbox(airflow_connections.folder)) == 3
+
+
+def test_release_with_nothing_staged_names_the_missing_prefix(s3, airflow_connections):
+    with pytest.raises(ReleaseError, match=r"s3://mai2021-organizers/data/train_data_release/"):
+        runtime.release_data(MAI2021, TRAIN)
+    assert read_outbox(airflow_connections.folder) == []
+
+
+def test_release_at_a_date_that_is_no_event_is_refused(s3, airflow_connections):
+    stage(s3)
+    with pytest.raises(runtime.PhaseError, match="trigger with params"):
+        runtime.release_data(MAI2021, dt.datetime(2021, 2, 1, tzinfo=dt.UTC))
+
+
+def test_manual_run_picks_the_latest_event_before_it(s3, airflow_connections):
+    stage(s3, "test_data_release", {"isp/test_001.npz": b"x"})
+    result = runtime.release_data(MAI2021, dt.datetime(2021, 3, 18, tzinfo=dt.UTC), manual=True)
+    assert result["releases"] == [{"event": "test_data_release", "files": 1}]
+
+
+def test_unknown_event_in_params_is_refused(s3, airflow_connections):
+    with pytest.raises(runtime.PhaseError, match="'final_deadline' is not a release_data event"):
+        runtime.release_data(MAI2021, TRAIN, event="final_deadline")
+
+
+def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_connections):
+    upload(s3, "learned_isp", "aurora", b"v1", "a.zip")
+    upload(s3, "learned_isp", "aurora", b"v2", "b.zip")  # later upload wins
+    upload(s3, "depth", "borealis")
+    upload(s3, "depth", "mallory")  # not registered
+    counts = runtime.freeze_final(MAI2021)
+    manifest = get_json(s3, CH.buckets.results, FROZEN_MANIFEST)
+    frozen = {(f["track"], f["team"]): f for f in manifest["frozen"]}
+    assert set(frozen) == {("learned_isp", "aurora"), ("depth", "borealis")}
+    assert frozen[("learned_isp", "aurora")]["source"].endswith("b.zip")
+    assert {"track": "quantized_sr", "team": "aurora"} in manifest["missing"]
+    assert manifest["rejected"][0]["reason"] == "unknown team 'mallory'"
+    assert counts == {"frozen": 2, "missing": 3, "rejected": 1}
+    # Same inputs, same manifest: a cleared task reproduces it.
+    runtime.freeze_final(MAI2021)
+    assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == manifest
+
+
+def test_receipts_once_per_team(s3, airflow_connections):
+    upload(s3, "learned_isp", "aurora")
+    runtime.freeze_final(MAI2021)
+    runtime.send_receipts(MAI2021)
+    runtime.send_receipts(MAI2021)
+    mails = read_outbox(airflow_connections.folder)
+    assert sorted(m["To"] for m in mails) == sorted(t.email for t in load_teams(CH, MAI2021))
+    aurora = next(m for m in mails if m["To"].startswith("aurora"))
+    assert "NO final submission received" in aurora.get_body().get_content()  # quantized_sr
+
+
+def test_scoring_detects_a_frozen_copy_changed_after_the_freeze(s3, airflow_connections):
+    upload(s3, "learned_isp", "aurora")
+    upload(s3, "depth", "borealis")
+    runtime.freeze_final(MAI2021)
+    entries = runtime.list_frozen(MAI2021)
+    tampered = next(e for e in entries if e["team"] == "borealis")
+    s3.put_object(Bucket=CH.buckets.results, Key=tampered["frozen"], Body=b"swapped")
+    records = {e["team"]: runtime.score_submission(MAI2021, e) for e in entries}
+    assert records["aurora"]["status"] == "verified"
+    assert records["borealis"]["status"] == "failed"
+    assert records["borealis"]["error"]["code"] == "frozen_copy_changed"
+
+
+def test_rescore_filters(s3, airflow_connections):
+    upload(s3, "learned_isp", "aurora")
+    upload(s3, "learned_isp", "cobalt")
+    upload(s3, "depth", "borealis")
+    runtime.freeze_final(MAI2021)
+    assert {e["team"] for e in runtime.list_frozen(MAI2021, "learned_isp")} == {"aurora", "cobalt"}
+    assert [e["team"] for e in runtime.list_frozen(MAI2021, "all", "borealis")] == ["borealis"]
+    with pytest.raises(runtime.PhaseError, match="no track 'isp'"):
+        runtime.list_frozen(MAI2021, "isp")
+    with pytest.raises(runtime.PhaseError, match="team 'nobody' has no frozen submission"):
+        runtime.list_frozen(MAI2021, None, "nobody")
+
+
+def test_preliminary_results_published_and_mailed_once(s3, airflow_connections):
+    upload(s3, "learned_isp", "aurora")
+    runtime.freeze_final(MAI2021)
+    for entry in runtime.list_frozen(MAI2021):
+        runtime.score_submission(MAI2021, entry)
+    runtime.publish_preliminary_results(MAI2021)
+    runtime.publish_preliminary_results(MAI2021)
+    table = get_json(s3, CH.buckets.public, "results/preliminary.json")
+    assert [(r["track"], r["team"], r["status"]) for r in table["results"]] == [
+        ("learned_isp", "aurora", "verified")
+    ]
+    csv_keys = [o["Key"] for o in list_objects(s3, CH.buckets.public, "results/")]
+    assert "results/preliminary.csv" in csv_keys
+    mails = read_outbox(airflow_connections.folder)
+    assert [m["To"] for m in mails] == ["aurora@teams.example"]
+
+
+def test_reminders_at_their_instants(s3, airflow_connections):
+    seven_days_before_final = dt.datetime(2021, 3, 14, 1, tzinfo=dt.UTC)  # 17:00 PST
+    result = runtime.send_reminders(MAI2021, seven_days_before_final)
+    assert result["reminders"] == ["final_deadline-7d"]
+    subjects = {m["Subject"] for m in read_outbox(airflow_connections.folder)}
+    assert subjects == {
+        "[Mobile AI 2021 challenge and workshop (CVPR 2021)] Reminder: "
+        "Final models / reconstruction results submission deadline in 7 days"
+    }
+    with pytest.raises(runtime.PhaseError, match="no reminder"):
+        runtime.send_reminders(MAI2021, TEST_RELEASE + dt.timedelta(hours=1))
+
+
+@pytest.mark.parametrize(
+    "csv_text, problem",
+    [
+        pytest.param(
+            "team,email\nx,y@z.io\n", "missing column(s): team_id, team_name", id="header"
+        ),
+        pytest.param(
+            "team_id,team_name,email,tracks\nBad Id,x,a@b.io,\n", "not a valid id", id="bad-id"
+        ),
+        pytest.param(
+            "team_id,team_name,email,tracks\nt1,x,not-an-email,\n", "bad email", id="bad-email"
+        ),
+        pytest.param(
+            "team_id,team_name,email,tracks\nt1,x,a@b.io,\nt1,y,c@d.io,\n",
+            "duplicate team_id",
+            id="duplicate",
+        ),
+        pytest.param(
+            "team_id,team_name,email,tracks\nt1,x,a@b.io,isp_typo\n",
+            "unknown track(s) isp_typo",
+            id="unknown-track",
+        ),
+    ],
+)
+def test_broken_participant_rows_are_named_and_skipped(csv_text, problem):
+    good = "ok1,Good Team,good@teams.example,depth\n"
+    text = csv_text if "missing" in problem else csv_text + good
+    teams, problems = parse_participants(text, "teams.csv", CH)
+    assert problems and problem in problems[0].message
+    assert problems[0].file == "teams.csv"
+    if "missing" not in problem:
+        assert [t.team_id for t in teams if t.team_id == "ok1"] == ["ok1"]
+        assert problems[0].field.startswith("line ")
+
+
+def test_a_failing_smtp_server_leaves_no_marker_so_a_retry_sends(s3, airflow_connections):
+    stage(s3)
+    airflow_connections.stop()  # the relay is down
+    with pytest.raises(OSError):
+        runtime.release_data(MAI2021, TRAIN)
+    markers = list(list_objects(s3, CH.buckets.results, "notifications/"))
+    assert markers == []
+    airflow_connections.start()  # back up on the same port: the cleared task succeeds
+    assert len(runtime.release_data(MAI2021, TRAIN)["sent"]) == 3
