@@ -71,13 +71,14 @@ def _timeline(args: argparse.Namespace) -> int:
         return 0
     print(f"{challenge.title} ({challenge.id}), times in {challenge.timezone}")
     width = max(len(r["name"]) for r in rows)
-    for row in rows:
-        local = row["local"] or f"{row['date']} (not fixed, nothing scheduled)"
+    locals_ = [r["local"] or f"{r['date']} (not fixed, nothing scheduled)" for r in rows]
+    lwidth = max(len(x) for x in locals_)
+    for row, local in zip(rows, locals_, strict=True):
         utc = row["utc"] or "-"
-        print(f"  {row['name']:<{width}}  {local:<40} {utc:<21} {row['dag_id'] or '-'}")
+        print(f"  {row['name']:<{width}}  {local:<{lwidth}}  {utc:<20}  {row['dag_id'] or '-'}")
         for reminder in row["reminders"]:
             label = f"reminder {reminder['days_before']}d before"
-            print(f"  {'':<{width}}  {label:<40} {reminder['utc']:<21} {reminder['dag_id']}")
+            print(f"  {'':<{width}}  {label:<{lwidth}}  {reminder['utc']:<20}  {reminder['dag_id']}")
     return 0
 
 
