@@ -78,7 +78,8 @@ def _timeline(args: argparse.Namespace) -> int:
         print(f"  {row['name']:<{width}}  {local:<{lwidth}}  {utc:<20}  {row['dag_id'] or '-'}")
         for reminder in row["reminders"]:
             label = f"reminder {reminder['days_before']}d before"
-            print(f"  {'':<{width}}  {label:<{lwidth}}  {reminder['utc']:<20}  {reminder['dag_id']}")
+            when, dag = reminder["utc"], reminder["dag_id"]
+            print(f"  {'':<{width}}  {label:<{lwidth}}  {when:<20}  {dag}")
     return 0
 
 
