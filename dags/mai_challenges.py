@@ -159,8 +159,8 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
         def send_reminders():
             from mai_ops import runtime
 
-            when, _ = _run_info(get_current_context())
-            return organizer_errors_fail_fast(runtime.send_reminders, path, when)
+            when, manual = _run_info(get_current_context())
+            return organizer_errors_fail_fast(runtime.send_reminders, path, when, manual)
 
         send_reminders()
 

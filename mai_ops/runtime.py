@@ -25,7 +25,14 @@ from mai_ops.scoring import (
     publish_preliminary,
     verify_frozen_submission,
 )
-from mai_ops.timeline import DagPhase, dag_phase_of, event_instant, events_at, reminders_at
+from mai_ops.timeline import (
+    DagPhase,
+    all_reminders,
+    dag_phase_of,
+    event_instant,
+    events_at,
+    reminders_at,
+)
 
 log = logging.getLogger(__name__)
 Sender = Callable[[Notice], None]
@@ -116,9 +123,15 @@ def announce_events(
     return {"events": [e.name for e in events], **report.as_dict()}
 
 
-def send_reminders(path, logical_date, s3=None, send=None) -> dict:
+def send_reminders(path, logical_date, manual=False, s3=None, send=None) -> dict:
+    """Send the reminders due at the run's date (a manual run: the latest ones before it)."""
     challenge = load_challenge(path)
     reminders = reminders_at(challenge, logical_date)
+    if not reminders and manual:
+        past = [r for r in all_reminders(challenge) if r.instant <= logical_date]
+        if past:
+            latest = max(r.instant for r in past)
+            reminders = [r for r in past if r.instant == latest]
     if not reminders:
         raise PhaseError(f"no reminder of {challenge.id} falls at {logical_date.isoformat()}")
     s3, _ = _clients(s3, send)

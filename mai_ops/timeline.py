@@ -126,14 +126,13 @@ def events_at(challenge: Challenge, phase: str, instant: dt.datetime) -> list[Ev
     return found
 
 
+def all_reminders(challenge: Challenge) -> list[Reminder]:
+    return [r for entry in timeline(challenge) for r in entry.reminders]
+
+
 def reminders_at(challenge: Challenge, instant: dt.datetime) -> list[Reminder]:
     target = instant.astimezone(dt.UTC)
-    return [
-        r
-        for entry in timeline(challenge)
-        for r in entry.reminders
-        if r.instant.astimezone(dt.UTC) == target
-    ]
+    return [r for r in all_reminders(challenge) if r.instant.astimezone(dt.UTC) == target]
 
 
 def timeline_rows(challenge: Challenge) -> list[dict]:

@@ -225,3 +225,9 @@ def test_a_failing_smtp_server_leaves_no_marker_so_a_retry_sends(s3, airflow_con
     assert markers == []
     airflow_connections.start()  # back up on the same port: the cleared task succeeds
     assert len(runtime.release_data(MAI2021, TRAIN)["sent"]) == 3
+
+
+def test_manual_reminder_run_sends_the_latest_due_reminders(s3, airflow_connections):
+    later = dt.datetime(2021, 3, 17, tzinfo=dt.UTC)  # after paper_deadline-1d, before final-1d
+    result = runtime.send_reminders(MAI2021, later, manual=True)
+    assert result["reminders"] == ["paper_deadline-1d"]
