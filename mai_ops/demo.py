@@ -43,6 +43,8 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        # One worker slot per core is plenty here; the default starts 32 idle workers.
+        "AIRFLOW__CORE__PARALLELISM": str(max(4, os.cpu_count() or 1)),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "MAI_OPS_CHALLENGES_DIR": str(PROJECT / "include" / "challenges"),
     }
