@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("challenge", nargs="?", default="mai2021")
     p.add_argument("--workdir", help="where the Airflow home and the outbox go (default var/demo)")
     p.set_defaults(func=_demo)
+
+    from mai_ops import benchmark_log
+
+    benchmark_log.register_cli(sub)
     return parser
 
 
