@@ -89,6 +89,14 @@ def _demo(args: argparse.Namespace) -> int:
     return run_timeline(args.challenge, Path(args.workdir) if args.workdir else None)
 
 
+def _device_pools(args: argparse.Namespace) -> int:
+    from mai_ops.devices import pools_json, valid_challenges
+
+    paths = [Path(p) for p in args.paths] or challenge_files()
+    print(pools_json(valid_challenges(paths)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mai-ops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,9 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="where the Airflow home and the outbox go (default var/demo)")
     p.set_defaults(func=_demo)
 
-    from mai_ops import benchmark_log
+    p = sub.add_parser("device-pools", help="the device pools as JSON, for `airflow pools import`")
+    p.add_argument("paths", nargs="*", help="challenge YAML files (default: every shipped one)")
+    p.set_defaults(func=_device_pools)
+
+    from mai_ops import benchmark_log, model_checks
 
     benchmark_log.register_cli(sub)
+    model_checks.register_cli(sub)
     return parser
 
 

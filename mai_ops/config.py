@@ -152,6 +152,8 @@ class Track(_Strict):
     metrics: list[str] = Field(min_length=1)
     score: Score
     limits: SubmissionLimits = SubmissionLimits()
+    # The whole graph must run on the delegate (a partial CPU fallback fails the run).
+    require_full_delegation: bool = False
 
 
 class Device(_Strict):
@@ -163,6 +165,12 @@ class Device(_Strict):
     serial: str | None = None
     runs: int = Field(default=50, ge=1)
     warmup: int = Field(default=5, ge=0)
+    # benchmark_model runs at least `runs` times AND at least this long.
+    min_seconds: float = Field(default=1.0, ge=0)
+    timeout_s: int = Field(default=600, ge=10)
+    memory_mb: int = Field(default=4096, ge=64)
+    nnapi_accelerator: str | None = None
+    benchmark_binary: str = "/data/local/tmp/benchmark_model"
 
     @model_validator(mode="after")
     def _adb_needs_serial(self) -> Device:
