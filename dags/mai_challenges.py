@@ -181,34 +181,49 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
         freeze_final_set() >> send_receipts()
 
     elif phase == DagPhase.SCORING:
+        from mai_ops.devices import pool_name
 
-        @task
-        def list_frozen_submissions(params=None):
-            from mai_ops import runtime
-
-            return organizer_errors_fail_fast(
-                runtime.list_frozen, path, params.get("track"), params.get("team") or None
-            )
-
-        @task(max_active_tis_per_dag=2)
-        def score_submission(entry):
-            from mai_ops import runtime
-
-            return organizer_errors_fail_fast(runtime.score_submission, path, entry)
-
-        @task(multiple_outputs=False)
-        def summarize_scores(records):
-            # Index the lazy XCom sequence by its length: iterating it probes one past
+        @task(multiple_outputs=False, trigger_rule="none_failed")
+        def summarize_scores(*per_track, params=None):
+            # Index each lazy XCom sequence by its length: iterating it probes one past
             # the end and logs a spurious "XCom not found".
-            records = [records[i] for i in range(len(records))]
+            records = [seq[i] for seq in per_track for i in range(len(seq))]
+            if params.get("team") and not records:
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"team {params['team']!r} has no frozen submission")
             return {
                 "scored": len(records),
                 "failed": [
-                    f"{r['track']}/{r['team']}" for r in records if r["status"] != "verified"
+                    f"{r['track']}/{r['team']}: {r['error']['code']}"
+                    for r in records
+                    if r["status"] != "verified"
                 ],
             }
 
-        summarize_scores(score_submission.expand(entry=list_frozen_submissions()))
+        scored = []
+        for track in challenge.tracks:
+
+            @task(task_id=f"list_{track.id}")
+            def list_frozen_submissions(params=None, track_id=track.id):
+                from mai_ops import runtime
+
+                wanted = params.get("track") or "all"
+                if wanted not in ("all", track_id):
+                    return []
+                return organizer_errors_fail_fast(
+                    runtime.list_frozen, path, track_id, params.get("team") or None
+                )
+
+            # One pool per device, one slot each: two benchmarks never share a device.
+            @task(task_id=f"score_{track.id}", pool=pool_name(track.device))
+            def score_submission(entry):
+                from mai_ops import runtime
+
+                return organizer_errors_fail_fast(runtime.score_submission, path, entry)
+
+            scored.append(score_submission.expand(entry=list_frozen_submissions()))
+        summarize_scores(*scored)
 
     elif phase == DagPhase.PRELIMINARY_RESULTS:
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mai_ops.config import Challenge, load_challenge
+from mai_ops.config import Challenge, default_challenges_dir, load_challenge
+from mai_ops.devices import import_pools
 from mai_ops.embedded import LocalS3, LocalSMTP, connection_env, ensure_buckets, read_outbox
 from mai_ops.participants import load_teams
+from mai_ops.reference_models import build_reference_tflite
 from mai_ops.timeline import DagPhase, dag_id, phase_instants
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -46,7 +49,7 @@ def airflow_env(home: Path) -> dict[str, str]:
         # One worker slot per core is plenty here; the default starts 32 idle workers.
         "AIRFLOW__CORE__PARALLELISM": str(max(4, os.cpu_count() or 1)),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "MAI_OPS_CHALLENGES_DIR": str(PROJECT / "include" / "challenges"),
+        "MAI_OPS_CHALLENGES_DIR": str(default_challenges_dir()),
     }
 
 
@@ -70,18 +73,22 @@ def stage_demo_data(s3, challenge: Challenge) -> None:
                 Body=buf.getvalue(),
             )
     teams = load_teams(challenge, PROJECT / "include" / "challenges" / f"{challenge.id}.yaml")
+    models: dict[str, bytes] = {}
     for team in teams:
         # Every team but the last uploads to all its tracks; the last one forgets one,
         # so the receipts show a missing submission as well.
         tracks = team.tracks if team is not teams[-1] else team.tracks[:-1]
-        for track in tracks:
+        for track_id in tracks:
+            if track_id not in models:
+                print(f"building a reference model for {track_id}", flush=True)
+                models[track_id] = build_reference_tflite(challenge.track(track_id))
             archive = io.BytesIO()
             with zipfile.ZipFile(archive, "w") as zf:
-                zf.writestr("model.tflite", rng.bytes(256))
-                zf.writestr("readme.txt", f"{team.name}, {track}\n")
+                zf.writestr("model.tflite", models[track_id])
+                zf.writestr("readme.txt", f"{team.name}, {track_id}\n")
             s3.put_object(
                 Bucket=challenge.buckets.submissions,
-                Key=f"{track}/final/{team.team_id}/submission.zip",
+                Key=f"{track_id}/final/{team.team_id}/submission.zip",
                 Body=archive.getvalue(),
             )
 
@@ -104,11 +111,11 @@ def schedule_of(challenge: Challenge) -> list[tuple[dt.datetime | None, str]]:
 
 def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> int:
     workdir = (workdir or PROJECT / "var" / "demo").resolve()
+    # A whole timeline from scratch: a fresh metadata DB and an empty outbox each time.
+    shutil.rmtree(workdir, ignore_errors=True)
     challenge = load_challenge(PROJECT / "include" / "challenges" / f"{challenge_id}.yaml")
     s3_server = LocalS3().start()
     smtp = LocalSMTP(workdir / "outbox")
-    for old in smtp.folder.glob("*.eml") if smtp.folder.exists() else []:
-        old.unlink()
     smtp.start()
     try:
         env = {**airflow_env(workdir / "airflow")}
@@ -117,6 +124,7 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
         print(f"embedded stack: S3 {s3_server.endpoint_url}, SMTP {smtp.host}:{smtp.port}")
         print(f"outbox: {smtp.folder}")
         migrate_db({**os.environ})
+        import_pools({**os.environ}, [challenge])
 
         s3 = s3_server.client()
         ensure_buckets(s3, challenge.buckets.model_dump().values())
@@ -177,6 +185,19 @@ def _report(
     for subject, count in by_subject.items():
         print(f"  {count} x {subject}")
     print(f"public bucket objects: {len(public)}; frozen objects: {len(frozen)}")
+    from mai_ops.storage import get_json
+
+    published = "results/preliminary.json" in public
+    table = (
+        get_json(s3, challenge.buckets.public, "results/preliminary.json")["results"]
+        if published
+        else []
+    )
+    print("preliminary results (runtime = median on the track's device):")
+    for r in table:
+        runtime = (r.get("runtime") or {}).get("median_ms")
+        shown = f"{runtime:.2f} ms" if runtime is not None else (r.get("error") or {}).get("code")
+        print(f"  {r['track']:<16} {r['team']:<10} {r['device']:<14} {r['status']:<9} {shown}")
     ok = not failed and duplicates == 0 and mails and "results/preliminary.json" in public
     print("demo " + ("finished: every phase ran" if ok else "FAILED"))
     return 0 if ok else 1

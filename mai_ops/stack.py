@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mai_ops.config import challenge_files
+from mai_ops.devices import import_pools, valid_challenges
 from mai_ops.embedded import EMBEDDED_KEY, EMBEDDED_SECRET, LocalS3, LocalSMTP, free_port
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -63,7 +65,7 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 
 def create_buckets(s3) -> list[str]:
     """Every bucket of every valid challenge file; an invalid file is reported, not fatal."""
-    from mai_ops.config import challenge_files, read_challenge
+    from mai_ops.config import read_challenge
     from mai_ops.embedded import ensure_buckets
 
     names: list[str] = []
@@ -232,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         if stop.is_set():
             return 0
         airflow = Path(sys.executable).with_name("airflow")
+        # Device pools must exist before the scheduler sees a benchmark task, or the
+        # task would wait forever on a pool that is not there.
+        subprocess.run(
+            [str(airflow), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL
+        )
+        pools = import_pools(env, valid_challenges(challenge_files()))
+        print(f"stack: device pools (1 slot each): {', '.join(sorted(pools)) or '(none)'}")
         proc = subprocess.Popen([str(airflow), "standalone"], env=env, process_group=0)
 
         announced = False

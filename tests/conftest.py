@@ -82,3 +82,32 @@ def airflow_db():
     airflow = Path(sys.executable).with_name("airflow")
     subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True)
     return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+_MODEL_DIR = _HOME / "reference-models"
+_BUILD = """
+import sys
+from pathlib import Path
+from mai_ops.config import load_challenge
+from mai_ops.reference_models import build_reference_tflite
+challenge = load_challenge(sys.argv[1])
+for track in challenge.tracks:
+    Path(sys.argv[2], track.id + ".tflite").write_bytes(build_reference_tflite(track))
+"""
+
+
+def reference_model(track_id: str) -> bytes:
+    """A real TFLite model meeting the mai2021 track's spec, built once per session.
+
+    Built in a child process, so TensorFlow never loads into the test process.
+    """
+    path = _MODEL_DIR / f"{track_id}.tflite"
+    if not path.exists():
+        _MODEL_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-c", _BUILD, str(MAI2021), str(_MODEL_DIR)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+    return path.read_bytes()

@@ -19,7 +19,7 @@ from mai_ops.participants import load_teams, parse_participants
 from mai_ops.release import ReleaseError
 from mai_ops.storage import FROZEN_MANIFEST, get_json, list_objects
 
-from .conftest import MAI2021
+from .conftest import MAI2021, reference_model
 
 TRAIN = dt.datetime(2021, 1, 16, 1, tzinfo=dt.UTC)
 TEST_RELEASE = dt.datetime(2021, 3, 16, 0, tzinfo=dt.UTC)
@@ -32,10 +32,10 @@ def stage(s3, event="train_data_release", files=None):
         s3.put_object(Bucket=CH.buckets.organizers, Key=f"data/{event}/{name}", Body=body)
 
 
-def upload(s3, track, team, body=b"model", name="submission.zip"):
+def upload(s3, track, team, body=None, name="submission.zip"):
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("model.tflite", body)
+        zf.writestr("model.tflite", reference_model(track) if body is None else body)
     s3.put_object(
         Bucket=CH.buckets.submissions, Key=f"{track}/final/{team}/{name}", Body=archive.getvalue()
     )
@@ -97,7 +97,7 @@ def test_unknown_event_in_params_is_refused(s3, airflow_connections):
 
 
 def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_connections):
-    upload(s3, "learned_isp", "aurora", b"v1", "a.zip")
+    upload(s3, "learned_isp", "aurora", None, "a.zip")
     upload(s3, "learned_isp", "aurora", b"v2", "b.zip")  # later upload wins
     upload(s3, "depth", "borealis")
     upload(s3, "depth", "mallory")  # not registered
@@ -231,3 +231,59 @@ def test_manual_reminder_run_sends_the_latest_due_reminders(s3, airflow_connecti
     later = dt.datetime(2021, 3, 17, tzinfo=dt.UTC)  # after paper_deadline-1d, before final-1d
     result = runtime.send_reminders(MAI2021, later, manual=True)
     assert result["reminders"] == ["paper_deadline-1d"]
+
+
+def test_scoring_benchmarks_the_runtime_model_on_the_track_device(s3, airflow_connections):
+    upload(s3, "depth", "borealis")
+    runtime.freeze_final(MAI2021)
+    (entry,) = runtime.list_frozen(MAI2021)
+    record = runtime.score_submission(MAI2021, entry)
+    assert record["status"] == "verified", record["error"]
+    assert record["stages"] == ["integrity", "benchmark"]
+    assert record["device"] == "raspberry_pi4" and record["runtime"]["device"] == "raspberry_pi4"
+    assert record["runtime"]["count"] >= CH.device("raspberry_pi4").runs
+    assert 0 < record["runtime"]["min_ms"] <= record["runtime"]["median_ms"]
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        pytest.param(b"not a flatbuffer", "benchmark_load_failed", id="garbage-model"),
+        pytest.param(b"", "benchmark_load_failed", id="empty-model"),
+    ],
+)
+def test_a_broken_model_gets_a_failed_record_and_the_rest_are_scored(
+    s3, airflow_connections, body, code
+):
+    upload(s3, "depth", "borealis", body)
+    upload(s3, "learned_isp", "aurora")
+    runtime.freeze_final(MAI2021)
+    records = {
+        e["team"]: runtime.score_submission(MAI2021, e) for e in runtime.list_frozen(MAI2021)
+    }
+    assert records["borealis"]["status"] == "failed"
+    assert records["borealis"]["error"]["code"] == code
+    assert records["aurora"]["status"] == "verified"
+
+
+def test_an_archive_without_model_is_a_failed_record(s3, airflow_connections):
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", "forgot the model")
+    s3.put_object(
+        Bucket=CH.buckets.submissions, Key="depth/final/borealis/s.zip", Body=archive.getvalue()
+    )
+    runtime.freeze_final(MAI2021)
+    (entry,) = runtime.list_frozen(MAI2021)
+    record = runtime.score_submission(MAI2021, entry)
+    assert record["error"] == {
+        "code": "missing_model",
+        "message": "the archive has no model.tflite",
+    }
+
+
+def test_scoring_before_the_freeze_says_so(s3, airflow_connections):
+    from mai_ops.errors import NeedsOrganizer
+
+    with pytest.raises(NeedsOrganizer, match="no frozen final set.*run the final collection first"):
+        runtime.list_frozen(MAI2021)

@@ -1,0 +1,223 @@
+"""One device, one benchmark at a time: pools through the real scheduler.
+
+A small challenge with two devices is run by ``python -m mai_ops.stack`` (the real
+scheduler, LocalExecutor, the local S3 server). Its scoring DAG maps two
+submissions onto one device and one onto the other; the task instances' own start
+and end times, read back through the REST API, must never overlap on the shared
+device and must overlap across the two devices.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+
+import pytest
+import yaml
+
+from mai_ops.config import load_challenge
+from mai_ops.devices import device_pools, pool_name
+from mai_ops.embedded import free_port, s3_client
+from mai_ops.reference_models import build_reference_tflite
+
+from .conftest import PROJECT
+
+RUN_TIMEOUT = 420.0
+
+CHALLENGE = {
+    "id": "pooltest",
+    "title": "Pool test",
+    "participants": {"source": "file", "path": "teams.csv"},
+    "buckets": {
+        "organizers": "pooltest-organizers",
+        "submissions": "pooltest-submissions",
+        "public": "pooltest-public",
+        "results": "pooltest-results",
+    },
+    "timeline": [
+        {
+            "name": "final_deadline",
+            "title": "Final",
+            "date": "2021-03-20",
+            "phase": "final_collection",
+        },
+    ],
+    "devices": [
+        # Each benchmark lasts at least 4 s, long enough for overlaps to be unmistakable.
+        {"name": "phone_a", "backend": "litert", "threads": 1, "runs": 5, "min_seconds": 4},
+        {"name": "phone_b", "backend": "litert", "threads": 1, "runs": 5, "min_seconds": 4},
+    ],
+    "tracks": [
+        {
+            "id": track_id,
+            "title": track_id,
+            "task": "denoise",
+            "device": device,
+            "inputs": [{"shape": [1, 64, 64, 3], "dtype": "float32"}],
+            "outputs": [{"shape": [1, 64, 64, 3], "dtype": "float32"}],
+            "metrics": ["psnr"],
+            "score": {"formula": "psnr / runtime"},
+        }
+        for track_id, device in (("on_a", "phone_a"), ("on_b", "phone_b"))
+    ],
+}
+
+
+def _api(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=15) as resp:
+        return json.load(resp)
+
+
+def _wait(predicate, what: str, timeout: float, log):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ValueError):
+            pass
+        time.sleep(1)
+    pytest.fail(f"{what} not reached in {timeout:.0f} s\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def pool_stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pools")
+    challenges = root / "challenges"
+    challenges.mkdir()
+    (challenges / "pooltest.yaml").write_text(yaml.safe_dump(CHALLENGE))
+    (challenges / "teams.csv").write_text(
+        "team_id,team_name,email,tracks\n"
+        "t1,Team One,one@teams.example,on_a;on_b\n"
+        "t2,Team Two,two@teams.example,on_a\n"
+    )
+    port, s3_port = free_port(), free_port()
+    log = root / "stack.log"
+    env = {**os.environ, "MAI_OPS_CHALLENGES_DIR": str(challenges)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mai_ops.stack",
+                "--port",
+                str(port),
+                "--s3-port",
+                str(s3_port),
+                "--smtp-port",
+                "0",
+                "--home",
+                str(root / "airflow"),
+            ],
+            cwd=PROJECT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield {"port": port, "s3": f"http://127.0.0.1:{s3_port}", "dir": challenges, "log": log}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_pools_are_declared_one_slot_per_device():
+    challenge = load_challenge(PROJECT / "include" / "challenges" / "mai2021.yaml")
+    pools = device_pools([challenge])
+    assert set(pools) == {pool_name(d) for d in challenge.devices}
+    assert all(p["slots"] == 1 for p in pools.values())
+
+
+def _intervals(tis: list[dict], task_id: str) -> list[tuple[dt.datetime, dt.datetime]]:
+    return [
+        (dt.datetime.fromisoformat(t["start_date"]), dt.datetime.fromisoformat(t["end_date"]))
+        for t in tis
+        if t["task_id"] == task_id
+    ]
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_one_device_never_runs_two_benchmarks_at_once(pool_stack):
+    from mai_ops import runtime
+
+    port, log = pool_stack["port"], pool_stack["log"]
+    _wait(lambda: _api(port, "GET", "/api/v2/pools?limit=100"), "the API", 240, log)
+    pools = {p["name"]: p["slots"] for p in _api(port, "GET", "/api/v2/pools?limit=100")["pools"]}
+    assert pools.get("mai_device_phone_a") == 1 and pools.get("mai_device_phone_b") == 1
+
+    challenge_file = pool_stack["dir"] / "pooltest.yaml"
+    challenge = load_challenge(challenge_file)
+    s3 = s3_client(pool_stack["s3"])
+    model = build_reference_tflite(challenge.tracks[0])
+    for track, team in (("on_a", "t1"), ("on_a", "t2"), ("on_b", "t1")):
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr("model.tflite", model)
+        s3.put_object(
+            Bucket="pooltest-submissions",
+            Key=f"{track}/final/{team}/s.zip",
+            Body=archive.getvalue(),
+        )
+    assert runtime.freeze_final(str(challenge_file), s3=s3)["frozen"] == 3
+
+    dag = "pooltest__scoring"
+    _wait(
+        lambda: any(d["dag_id"] == dag for d in _api(port, "GET", "/api/v2/dags")["dags"]),
+        "the scoring DAG listed",
+        240,
+        log,
+    )
+    run = _api(port, "POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "conf": {}})
+    run_id = run["dag_run_id"]
+    state = _wait(
+        lambda: (
+            (s := _api(port, "GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}")["state"])
+            in ("success", "failed")
+            and s
+        ),
+        "the scoring run finished",
+        RUN_TIMEOUT,
+        log,
+    )
+    tis = _api(port, "GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances?limit=100")
+    tis = tis["task_instances"]
+    assert state == "success", [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+
+    on_a, on_b = _intervals(tis, "score_on_a"), _intervals(tis, "score_on_b")
+    assert len(on_a) == 2 and len(on_b) == 1
+    assert not _overlap(on_a[0], on_a[1]), f"two benchmarks shared phone_a: {on_a}"
+    assert any(_overlap(on_b[0], a) for a in on_a), (
+        f"phone_a and phone_b never overlapped: {on_a} {on_b}"
+    )
+    for ti in tis:
+        if ti["task_id"] in ("score_on_a", "score_on_b"):
+            assert ti["pool"] in ("mai_device_phone_a", "mai_device_phone_b")
+
+    records = [
+        json.loads(s3.get_object(Bucket="pooltest-results", Key=k)["Body"].read())
+        for k in ("scores/on_a/t1.json", "scores/on_a/t2.json", "scores/on_b/t1.json")
+    ]
+    assert all(r["status"] == "verified" and r["runtime"]["count"] >= 5 for r in records)
