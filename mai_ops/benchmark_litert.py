@@ -414,36 +414,54 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL", help=".tflite model file")
     p.add_argument(
-        "--device", default="litert", help="device name recorded in the result (default litert)"
+        "--device",
+        default="litert",
+        help="a device declared in a challenge file (its backend and settings are used), "
+        "or any other name for the local LiteRT CPU (default litert)",
     )
-    p.add_argument("--threads", type=int, default=4, help="CPU threads (default 4)")
-    p.add_argument("--runs", type=int, default=50, help="minimum timed runs (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up runs (default 5)")
-    p.add_argument(
-        "--min-seconds", type=float, default=1.0, help="minimum time of the timed runs (1.0)"
-    )
-    p.add_argument("--timeout", type=float, default=300, help="kill after this many seconds")
-    p.add_argument("--memory-mb", type=int, default=4096, help="address-space limit (MiB)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the device's, else 4)")
+    p.add_argument("--runs", type=int, help="minimum timed runs (default: the device's, else 50)")
+    p.add_argument("--warmup", type=int, help="warm-up runs (default: the device's, else 5)")
+    p.add_argument("--min-seconds", type=float, help="minimum time of the timed runs (1.0)")
+    p.add_argument("--timeout", type=int, help="kill after this many seconds (600)")
+    p.add_argument("--memory-mb", type=int, help="address-space limit in MiB (4096)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_cli)
     return p
 
 
+def _resolve_device(args: argparse.Namespace):
+    """The declared device named ``--device`` (else a local one), with the CLI overrides."""
+    from mai_ops.config import Device, challenge_files
+    from mai_ops.devices import valid_challenges
+
+    device = None
+    for challenge in valid_challenges(challenge_files()):
+        for declared in challenge.devices:
+            if declared.name == args.device:
+                device = declared
+    if device is None:
+        device = Device(name=args.device, backend="litert")
+    overrides = {
+        "threads": args.threads,
+        "runs": args.runs,
+        "warmup": args.warmup,
+        "min_seconds": args.min_seconds,
+        "timeout_s": args.timeout,
+        "memory_mb": args.memory_mb,
+    }
+    return device.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
 def _cli(args: argparse.Namespace) -> int:
+    from mai_ops.benchmark import run_benchmark
+
     if not Path(args.model).is_file():
         print(f"no model file at {args.model!r}", file=sys.stderr)
         return 2
     try:
-        result = run_litert(
-            args.model,
-            device=args.device,
-            threads=args.threads,
-            min_runs=args.runs,
-            min_seconds=args.min_seconds,
-            warmup=args.warmup,
-            timeout_s=args.timeout,
-            memory_mb=args.memory_mb,
-        )
+        device = _resolve_device(args)
+        result = run_benchmark(args.model, device)
     except BenchmarkError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
         return 2 if exc.code == "bad_request" else 1
@@ -453,7 +471,7 @@ def _cli(args: argparse.Namespace) -> int:
     delegation = result.delegate or "none"
     if result.fully_delegated is False:
         delegation += f" (partial, on the CPU: {', '.join(result.cpu_ops)})"
-    print(f"{args.model} on {result.device} (litert, {result.threads} threads)")
+    print(f"{args.model} on {result.device} ({result.backend}, {result.threads} threads)")
     print(f"  init           {result.init_ms:10.3f} ms")
     print(f"  first run      {result.first_ms:10.3f} ms")
     if result.warmup_avg_ms is not None:
