@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mai_ops.child_limits import apply_own_limits, kill_group, limit_child, signal_name
+
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MB = 1024 * 1024
 _MEMORY_HINTS = re.compile(
@@ -237,17 +239,17 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
         env=env,
         start_new_session=True,  # own process group: a timeout kills everything it started
     )
-    _limit_memory(proc.pid, memory_mb)
+    limit_child(proc.pid, memory_mb)
     started = time.monotonic()
     timed_out = False
     try:
         out, err = proc.communicate(json.dumps(request).encode(), timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        kill_group(proc)
         out, err = proc.communicate()
     except BaseException:
-        _kill_group(proc)  # e.g. the task itself was interrupted: leave nothing running
+        kill_group(proc)  # e.g. the task itself was interrupted: leave nothing running
         proc.communicate()
         raise
     seconds = time.monotonic() - started
@@ -271,7 +273,7 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
     tail = _tail(stderr)
     if proc.returncode is not None and proc.returncode < 0:
         sig = -proc.returncode
-        name = _signal_name(sig)
+        name = signal_name(sig)
         if sig == signal.SIGKILL:
             # We did not send it: on Linux that is the kernel's OOM killer.
             raise BenchmarkError(
@@ -302,34 +304,6 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
 def _tail(stderr: str) -> str:
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
     return f": {lines[-1][:300]}" if lines else ""
-
-
-def _limit_memory(pid: int, memory_mb: int) -> None:
-    try:
-        import resource
-
-        limit = memory_mb * _MB
-        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
-        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass  # the child sets the same limits on itself before it imports LiteRT
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
 
 
 def _parse_steps(out: bytes) -> dict[str, dict[str, Any]]:
@@ -509,17 +483,6 @@ class _Channel:
         self._out.flush()
 
 
-def _apply_limits(memory_mb: int) -> None:
-    import resource
-
-    limit = int(memory_mb) * _MB
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def _rss_mb() -> float:
     import resource
 
@@ -536,7 +499,7 @@ def main() -> int:
                 raise ValueError("expected a JSON object with 'model'")
         except ValueError as exc:
             raise _Failure("bad_request", f"unreadable request: {exc}") from None
-        _apply_limits(request.get("memory_mb", 4096))
+        apply_own_limits(request.get("memory_mb", 4096))
         _benchmark(request, channel)
     except _Failure as exc:
         channel.send("error", code=exc.code, message=str(exc))

@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mai_ops.child_limits import apply_own_limits, kill_group, limit_child, signal_name
+
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MB = 1024 * 1024
 _MEMORY_HINTS = re.compile(
@@ -110,13 +112,13 @@ def run_sandbox(
         )
     except OSError as exc:
         return SandboxResult("crashed", message=f"could not start the checker: {exc}")
-    _limit_child(proc.pid, limits.memory_mb)
+    limit_child(proc.pid, limits.memory_mb)
     timed_out = False
     try:
         out, err = proc.communicate(json.dumps(payload).encode(), timeout=limits.timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _kill_group(proc)
+        kill_group(proc)
         out, err = proc.communicate()
     seconds = time.monotonic() - started
     steps = _parse_steps(out)
@@ -131,7 +133,7 @@ def run_sandbox(
         result.message = fatal.get("message", "")
     elif proc.returncode is not None and proc.returncode < 0:
         sig = -proc.returncode
-        name = _signal_name(sig)
+        name = signal_name(sig)
         if sig == signal.SIGKILL or (sig == signal.SIGABRT and _MEMORY_HINTS.search(stderr)):
             result.outcome = "memory_exceeded"
             result.message = f"killed by {name} (out of memory)"
@@ -144,31 +146,6 @@ def run_sandbox(
         tail = stderr.strip().splitlines()[-1:] or ["no output"]
         result.message = f"exited with status {proc.returncode} without an answer: {tail[0]}"
     return result
-
-
-def _limit_child(pid: int, memory_mb: int) -> None:
-    try:
-        import resource
-
-        limit = memory_mb * _MB
-        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
-        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass  # the child applies the same limits to itself before opening the model
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
 
 
 def _parse_steps(out: bytes) -> dict[str, dict[str, Any]]:
@@ -229,22 +206,11 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _apply_limits(memory_mb: int) -> None:
-    import resource
-
-    limit = int(memory_mb) * _MB
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def main() -> int:
     channel = _Channel()
     try:
         request = json.loads(sys.stdin.read())
-        _apply_limits(request.get("memory_mb", SandboxLimits.memory_mb))
+        apply_own_limits(request.get("memory_mb", SandboxLimits.memory_mb))
         _check(request, channel)
     except MemoryError as exc:
         channel.send("fatal", memory=True, message=f"MemoryError: {exc}".strip(": "))

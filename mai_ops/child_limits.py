@@ -1,0 +1,57 @@
+"""Limits and clean-up for the child processes that run participants' models.
+
+A hostile or huge model must be killed and reported, never take the worker down.
+The parent caps the child's address space with ``prlimit`` right after starting it
+and the child caps itself again before it opens the model: no Python runs between
+fork and exec (a ``preexec_fn`` can deadlock in a threaded parent such as an
+Airflow worker). On a timeout the child's whole process group is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+MB = 1024 * 1024
+
+
+def limit_child(pid: int, memory_mb: int) -> None:
+    """Cap a started child's address space and disable its core dumps (best effort)."""
+    try:
+        import resource
+
+        limit = memory_mb * MB
+        resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+        resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass  # the child applies the same limits to itself before opening the model
+
+
+def apply_own_limits(memory_mb: int) -> None:
+    """In the child: the same caps, never above a hard limit already in force."""
+    import resource
+
+    limit = int(memory_mb) * MB
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
