@@ -19,6 +19,7 @@ COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /tmp/requirements.txt
 
 COPY --chown=airflow:0 mai_ops/ /opt/airflow/mai_ops/
+COPY --chown=airflow:0 mai_ops_airflow/ /opt/airflow/mai_ops_airflow/
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 

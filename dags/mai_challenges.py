@@ -28,10 +28,16 @@ DEFAULT_ARGS = {
     "execution_timeout": pendulum.duration(minutes=30),
 }
 
+SWEEP_MINUTES = 10
+
 PHASE_DOCS = {
     DagPhase.RELEASE_DATA: "Publish the staged data for the release event, with sha256 "
     "manifest and time-limited links, and email every registered team.",
     DagPhase.VALIDATION_SERVER: "Open the validation server and tell every team.",
+    DagPhase.VALIDATION_UPLOADS: "Answer each validation upload: intake rules, archive and "
+    "model checks, benchmark on the track's device, validation score, reply email. Runs on "
+    "every upload notification (asset watcher on the uploads queue) and every "
+    f"{SWEEP_MINUTES} minutes as a sweep for anything missed.",
     DagPhase.FINAL_COLLECTION: "Freeze every team's final submission (sha256 manifest) and "
     "send receipts. Produces the frozen final set that triggers scoring.",
     DagPhase.SCORING: "Score the frozen final set, one mapped task per submission. Trigger "
@@ -72,6 +78,28 @@ def frozen_final_set(challenge: Challenge) -> Asset:
     )
 
 
+def validation_schedule(challenge: Challenge):
+    """Every upload notification, or every few minutes, whichever comes first."""
+    from airflow.sdk import AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
+
+    sweep = CronTriggerTimetable(f"*/{SWEEP_MINUTES} * * * *", timezone="UTC")
+    if not challenge.uploads_queue:
+        return sweep
+    from mai_ops_airflow.triggers import UploadQueueTrigger
+
+    uploads = Asset(
+        name=f"{challenge.id}_submission_uploads",
+        extra={"location": f"s3://{challenge.buckets.submissions}"},
+        watchers=[
+            AssetWatcher(
+                name=f"{challenge.id}_uploads_queue",
+                trigger=UploadQueueTrigger(queue_name=challenge.uploads_queue),
+            )
+        ],
+    )
+    return AssetOrTimeSchedule(timetable=sweep, assets=uploads)
+
+
 def build_phase_dag(challenge: Challenge, path: str, phase: str, instants: list):
     event_names = [
         e.name
@@ -91,7 +119,9 @@ def build_phase_dag(challenge: Challenge, path: str, phase: str, instants: list)
             enum=["", *event_names],
             description="Run this event instead of the one at the run's date (empty: by date).",
         )
-    if phase == DagPhase.SCORING:
+    if phase == DagPhase.VALIDATION_UPLOADS:
+        schedule = validation_schedule(challenge)
+    elif phase == DagPhase.SCORING:
         schedule = [frozen_final_set(challenge)]
         params["track"] = Param(
             "all", type="string", enum=["all", *[t.id for t in challenge.tracks]]
@@ -179,6 +209,33 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             return organizer_errors_fail_fast(runtime.send_receipts, path)
 
         freeze_final_set() >> send_receipts()
+
+    elif phase == DagPhase.VALIDATION_UPLOADS:
+        from mai_ops.devices import pool_name
+
+        for track in [*challenge.tracks, None]:
+            lane = track.id if track else "_unknown"
+
+            @task(task_id=f"collect_{track.id if track else 'unrouted'}")
+            def collect_uploads(triggering_asset_events=None, lane=lane):
+                from mai_ops import runtime
+
+                events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
+                found = organizer_errors_fail_fast(runtime.collect_uploads, path, events)
+                return found.get(lane, [])
+
+            # A track's uploads run in its device's pool: one benchmark per device.
+            @task(
+                task_id=f"validate_{track.id if track else 'unrouted'}",
+                execution_timeout=pendulum.duration(minutes=10),
+                **({"pool": pool_name(track.device)} if track else {}),
+            )
+            def validate_upload(key):
+                from mai_ops import runtime
+
+                return organizer_errors_fail_fast(runtime.validate_upload, path, key)
+
+            validate_upload.expand(key=collect_uploads())
 
     elif phase == DagPhase.SCORING:
         from mai_ops.devices import pool_name

@@ -120,11 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="challenge YAML files (default: every shipped one)")
     p.set_defaults(func=_device_pools)
 
-    from mai_ops import benchmark_litert, benchmark_log, model_checks
+    from mai_ops import benchmark_litert, benchmark_log, intake, model_checks
 
     benchmark_litert.register_cli(sub)
     benchmark_log.register_cli(sub)
     model_checks.register_cli(sub)
+    intake.register_cli(sub)
     return parser
 
 

@@ -211,6 +211,8 @@ class Challenge(_Strict):
     tracks: list[Track] = []
     participants: Participants | None = None
     buckets: Buckets | None = None
+    # SQS queue the submissions bucket notifies on each upload (validation server).
+    uploads_queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,80}$")
 
     @field_validator("timezone")
     @classmethod

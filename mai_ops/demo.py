@@ -19,6 +19,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from mai_ops.config import Challenge, default_challenges_dir, load_challenge
 from mai_ops.devices import import_pools
@@ -58,7 +59,7 @@ def migrate_db(env: dict[str, str]) -> None:
     subprocess.run([str(airflow), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def stage_demo_data(s3, challenge: Challenge) -> None:
+def stage_demo_data(s3, challenge: Challenge, challenge_file: Path) -> None:
     """Organizers' data for each release event, and one final upload per registered entry."""
     import numpy as np
 
@@ -72,7 +73,7 @@ def stage_demo_data(s3, challenge: Challenge) -> None:
                 Key=f"data/{event}/{track.id}.npz",
                 Body=buf.getvalue(),
             )
-    teams = load_teams(challenge, PROJECT / "include" / "challenges" / f"{challenge.id}.yaml")
+    teams = load_teams(challenge, challenge_file)
     models: dict[str, bytes] = {}
     for team in teams:
         # Every team but the last uploads to all its tracks; the last one forgets one,
@@ -94,26 +95,81 @@ def stage_demo_data(s3, challenge: Challenge) -> None:
 
 
 def schedule_of(challenge: Challenge) -> list[tuple[dt.datetime | None, str]]:
-    """Every (instant, DAG) the scheduler would run, in time order; scoring after the freeze."""
+    """Every (instant, DAG) the scheduler would run, in time order.
+
+    DAGs with no date of their own follow what sets them off: the validation uploads
+    come after the validation server opens, scoring after the final set is frozen.
+    """
     runs = [
         (instant, dag_id(challenge.id, phase))
         for phase, instants in phase_instants(challenge).items()
         for instant in instants
     ]
     runs.sort(key=lambda r: (r[0], r[1]))
+    follows = {
+        dag_id(challenge.id, DagPhase.VALIDATION_SERVER): DagPhase.VALIDATION_UPLOADS,
+        dag_id(challenge.id, DagPhase.FINAL_COLLECTION): DagPhase.SCORING,
+    }
     out: list[tuple[dt.datetime | None, str]] = []
     for instant, dag in runs:
         out.append((instant, dag))
-        if dag == dag_id(challenge.id, DagPhase.FINAL_COLLECTION):
-            out.append((None, dag_id(challenge.id, DagPhase.SCORING)))
+        if dag in follows and follows[dag] in phase_instants(challenge):
+            out.append((None, dag_id(challenge.id, follows[dag])))
     return out
+
+
+def rehearsal_copy(source: Path, target_dir: Path, today: dt.date | None = None) -> Path:
+    """The challenge with every fixed date moved by whole days, final deadline tomorrow.
+
+    Uploads made now are judged by the storage server's clock against the deadline:
+    on the 2021 dates every one of them would be late. Moving the whole timeline
+    keeps its order, its spacing and its 5 pm local times.
+    """
+    import yaml
+
+    raw = yaml.safe_load(source.read_text())
+    tz = ZoneInfo(raw.get("timezone", "America/Los_Angeles"))
+    today = today or dt.datetime.now(tz).date()
+    deadline = next(e for e in raw["timeline"] if e["name"] == "final_deadline")["date"]
+    shift = today + dt.timedelta(days=1) - deadline
+    for event in raw["timeline"]:
+        if isinstance(event["date"], dt.date):
+            event["date"] = (event["date"] + shift).isoformat()
+    participants = raw.get("participants")
+    if participants and participants.get("source") == "file":
+        participants["path"] = str((source.parent / participants["path"]).resolve())
+    raw["title"] = f"{raw['title']} (rehearsal, dates moved by {shift.days} days)"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / source.name
+    target.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return target
+
+
+def stage_validation_uploads(s3, challenge: Challenge) -> None:
+    """A good upload, a model of the wrong shape, and an archive that escapes its folder."""
+    good = build_reference_tflite(challenge.track("learned_isp"))
+    uploads = {
+        "learned_isp/validation/aurora/v1.zip": {"model.tflite": good},
+        "depth/validation/borealis/v1.zip": {"model.tflite": good},
+        "learned_isp/validation/cobalt/v1.zip": {"../../escape.tflite": good},
+    }
+    for key, members in uploads.items():
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        s3.put_object(Bucket=challenge.buckets.submissions, Key=key, Body=archive.getvalue())
 
 
 def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> int:
     workdir = (workdir or PROJECT / "var" / "demo").resolve()
     # A whole timeline from scratch: a fresh metadata DB and an empty outbox each time.
     shutil.rmtree(workdir, ignore_errors=True)
-    challenge = load_challenge(PROJECT / "include" / "challenges" / f"{challenge_id}.yaml")
+    source = PROJECT / "include" / "challenges" / f"{challenge_id}.yaml"
+    challenge_file = rehearsal_copy(source, workdir / "challenges")
+    os.environ["MAI_OPS_CHALLENGES_DIR"] = str(challenge_file.parent)
+    challenge = load_challenge(challenge_file)
+    print(f"{challenge.title}: final deadline {challenge.event('final_deadline').date.text()}")
     s3_server = LocalS3().start()
     smtp = LocalSMTP(workdir / "outbox")
     smtp.start()
@@ -128,7 +184,7 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
 
         s3 = s3_server.client()
         ensure_buckets(s3, challenge.buckets.model_dump().values())
-        stage_demo_data(s3, challenge)
+        stage_demo_data(s3, challenge, challenge_file)
 
         from airflow.dag_processing.dagbag import DagBag
 
@@ -140,6 +196,8 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
 
         results: list[RunResult] = []
         for instant, dag in schedule_of(challenge):
+            if dag == dag_id(challenge.id, DagPhase.VALIDATION_UPLOADS):
+                stage_validation_uploads(s3, challenge)
             results.append(_run(bag, dag, instant))
 
         # An organizer clears the train release: same files, no second email.
@@ -156,7 +214,7 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
 
 
 def _run(bag, dag: str, instant: dt.datetime | None, label: str = "run") -> RunResult:
-    when = instant.strftime("%Y-%m-%d %H:%M UTC") if instant else "after the frozen final set"
+    when = instant.strftime("%Y-%m-%d %H:%M UTC") if instant else "on its trigger (an asset)"
     print(f"[{label}] {dag} at {when}", flush=True)
     kwargs = {"logical_date": instant} if instant else {}
     dag_run = bag.get_dag(dag).test(**kwargs)

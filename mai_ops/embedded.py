@@ -164,3 +164,35 @@ def connection_env(s3_endpoint: str, smtp_host: str, smtp_port: int) -> dict[str
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps(smtp),
     }
+
+
+def sqs_client(endpoint_url: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint_url,
+        region_name=DEFAULT_REGION,
+        aws_access_key_id=EMBEDDED_KEY,
+        aws_secret_access_key=EMBEDDED_SECRET,
+    )
+
+
+def ensure_upload_notifications(endpoint_url: str, bucket: str, queue_name: str) -> str:
+    """The queue, and the bucket's ObjectCreated notification to it; returns the queue URL.
+
+    The same two calls configure AWS; MinIO and others use their own notification
+    targets, and the validation DAG's sweep covers any upload a notification missed.
+    """
+    s3, sqs = s3_client(endpoint_url), sqs_client(endpoint_url)
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    return url

@@ -2,14 +2,16 @@
 
 For each track and team, the latest upload under ``<track>/final/<team>/`` in the
 submissions bucket is copied to ``frozen/<track>/<team>/`` in the results bucket,
-with its sha256, and listed in ``frozen/manifest.json``. Registered teams with no
-upload are listed as missing, and uploads by unknown teams as rejected, so nobody
-is silently dropped. Keys and manifest depend only on what was uploaded, so a
-re-run reproduces the same manifest.
+with its sha256, and listed in ``frozen/manifest.json``. Uploads the storage
+server received after the deadline instant are rejected as late, with both times.
+Registered teams with no upload are listed as missing, and uploads by unknown
+teams as rejected, so nobody is silently dropped. Keys and manifest depend only
+on what was uploaded, so a re-run reproduces the same manifest.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from mai_ops.config import Challenge
@@ -23,11 +25,13 @@ from mai_ops.storage import (
     list_objects,
     put_json,
 )
+from mai_ops.timeline import event_instant
 
 
 def freeze_final_set(s3: Any, challenge: Challenge, teams: list[Team]) -> dict:
     buckets = challenge.buckets
     known = {t.team_id for t in teams}
+    deadline = event_instant(challenge, challenge.event("final_deadline"))
     frozen, missing, rejected = [], [], []
     for track in challenge.tracks:
         uploads_by_team: dict[str, list[dict]] = {}
@@ -35,6 +39,17 @@ def freeze_final_set(s3: Any, challenge: Challenge, teams: list[Team]) -> dict:
             parts = obj["Key"].split("/")
             if len(parts) < 4 or not parts[-1]:
                 rejected.append({"key": obj["Key"], "reason": "not under <track>/final/<team>/"})
+                continue
+            uploaded = obj["LastModified"].astimezone(dt.UTC)
+            if deadline is not None and uploaded > deadline:
+                rejected.append(
+                    {
+                        "key": obj["Key"],
+                        "reason": f"late: the server received it at {uploaded:%Y-%m-%d %H:%M:%S} "
+                        f"UTC, after the deadline {deadline.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} "
+                        f"UTC ({deadline:%Y-%m-%d %H:%M %Z})",
+                    }
+                )
                 continue
             uploads_by_team.setdefault(parts[2], []).append(obj)
         for team_id in sorted(uploads_by_team):

@@ -205,3 +205,45 @@ def publish_preliminary_results(path, s3=None, send=None) -> dict:
         )
     report = deliver(notices, _sender(send), s3, challenge.buckets.results)
     return {"results": len(table["results"]), **report.as_dict()}
+
+
+def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str, list[str]]:
+    """Upload keys to process, per track: those the queue announced, plus a sweep.
+
+    The sweep lists every validation upload without a record, so a notification
+    that never came (or a run that failed) delays an answer but never loses it.
+    """
+    from mai_ops.validation import pending_uploads
+
+    challenge = load_challenge(path)
+    s3, _ = _clients(s3, None)
+    announced = [
+        u["key"]
+        for event in events or []
+        for u in (event.get("uploads") or [])
+        if u.get("bucket") in (None, challenge.buckets.submissions)
+    ]
+    swept = [u["key"] for u in pending_uploads(s3, challenge)]
+    by_track: dict[str, list[str]] = {t.id: [] for t in challenge.tracks}
+    for key in dict.fromkeys(announced + swept):
+        track = key.split("/", 1)[0]
+        by_track.setdefault(track if track in by_track else "_unknown", []).append(key)
+    return by_track
+
+
+def validate_upload(path, key, s3=None, send=None) -> dict:
+    """One upload, start to answer: its record, and the reply email to its team."""
+    from mai_ops.validation import process_upload, reply_notice
+
+    challenge = load_challenge(path)
+    s3, _ = _clients(s3, send)
+    teams = load_teams(challenge, path, s3)
+    record = process_upload(s3, challenge, teams, key)
+    team = next((t for t in teams if t.team_id == record.get("team")), None)
+    if team is not None:
+        deliver(
+            [reply_notice(challenge, team, record)], _sender(send), s3, challenge.buckets.results
+        )
+    else:
+        log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
+    return {k: record[k] for k in ("key", "status", "errors", "score")}

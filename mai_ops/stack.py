@@ -66,9 +66,10 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 def create_buckets(s3) -> list[str]:
     """Every bucket of every valid challenge file; an invalid file is reported, not fatal."""
     from mai_ops.config import read_challenge
-    from mai_ops.embedded import ensure_buckets
+    from mai_ops.embedded import ensure_buckets, ensure_upload_notifications
 
     names: list[str] = []
+    queues: list[tuple[str, str | None]] = []
     for path in challenge_files():
         challenge, problems = read_challenge(path)
         errors = [p for p in problems if p.severity == "error"]
@@ -76,7 +77,13 @@ def create_buckets(s3) -> list[str]:
             print(f"skipping {path.name}: {len(errors)} error(s); see `mai-ops validate`")
             continue
         names.extend(challenge.buckets.model_dump().values())
+        queues.append((challenge.buckets.submissions, challenge.uploads_queue))
     ensure_buckets(s3, names)
+    endpoint = s3.meta.endpoint_url
+    for bucket, queue in queues:
+        if queue:
+            ensure_upload_notifications(endpoint, bucket, queue)
+            print(f"uploads to {bucket} notify the queue {queue}")
     return sorted(set(names))
 
 

@@ -18,6 +18,7 @@ class DagPhase:
 
     RELEASE_DATA = "release_data"
     VALIDATION_SERVER = "validation_server"
+    VALIDATION_UPLOADS = "validation_uploads"
     FINAL_COLLECTION = "final_collection"
     SCORING = "scoring"
     PRELIMINARY_RESULTS = "preliminary_results"
@@ -27,6 +28,7 @@ class DagPhase:
     ALL = (
         RELEASE_DATA,
         VALIDATION_SERVER,
+        VALIDATION_UPLOADS,
         FINAL_COLLECTION,
         SCORING,
         PRELIMINARY_RESULTS,
@@ -113,6 +115,9 @@ def phase_instants(challenge: Challenge) -> dict[str, list[dt.datetime]]:
     if DagPhase.FINAL_COLLECTION in out:
         # Scoring follows the frozen final set (an asset), not a date of its own.
         out.setdefault(DagPhase.SCORING, set())
+    if DagPhase.VALIDATION_SERVER in out and challenge.tracks:
+        # Each upload is an event (the queue), with a periodic sweep as the safety net.
+        out.setdefault(DagPhase.VALIDATION_UPLOADS, set())
     return {phase: sorted(out[phase]) for phase in DagPhase.ALL if phase in out}
 
 

@@ -18,12 +18,25 @@ from mai_ops.embedded import read_outbox
 from mai_ops.participants import load_teams, parse_participants
 from mai_ops.release import ReleaseError
 from mai_ops.storage import FROZEN_MANIFEST, get_json, list_objects
+from mai_ops.timeline import all_reminders, event_instant
 
-from .conftest import MAI2021, reference_model
+from .conftest import REHEARSAL as MAI2021
+from .conftest import reference_model
 
-TRAIN = dt.datetime(2021, 1, 16, 1, tzinfo=dt.UTC)
-TEST_RELEASE = dt.datetime(2021, 3, 16, 0, tzinfo=dt.UTC)
 CH = load_challenge(MAI2021)
+
+
+def at(event: str) -> dt.datetime:
+    """The UTC instant of an event of the (date-shifted) test challenge."""
+    return event_instant(CH, CH.event(event)).astimezone(dt.UTC)
+
+
+def reminder(key: str) -> dt.datetime:
+    return next(r.instant for r in all_reminders(CH) if r.key == key).astimezone(dt.UTC)
+
+
+TRAIN = at("train_data_release")
+TEST_RELEASE = at("test_data_release")
 
 
 def stage(s3, event="train_data_release", files=None):
@@ -82,12 +95,12 @@ def test_release_with_nothing_staged_names_the_missing_prefix(s3, airflow_connec
 def test_release_at_a_date_that_is_no_event_is_refused(s3, airflow_connections):
     stage(s3)
     with pytest.raises(runtime.PhaseError, match="trigger with params"):
-        runtime.release_data(MAI2021, dt.datetime(2021, 2, 1, tzinfo=dt.UTC))
+        runtime.release_data(MAI2021, TRAIN + dt.timedelta(days=17))
 
 
 def test_manual_run_picks_the_latest_event_before_it(s3, airflow_connections):
     stage(s3, "test_data_release", {"isp/test_001.npz": b"x"})
-    result = runtime.release_data(MAI2021, dt.datetime(2021, 3, 18, tzinfo=dt.UTC), manual=True)
+    result = runtime.release_data(MAI2021, TEST_RELEASE + dt.timedelta(days=2), manual=True)
     assert result["releases"] == [{"event": "test_data_release", "files": 1}]
 
 
@@ -169,12 +182,12 @@ def test_preliminary_results_published_and_mailed_once(s3, airflow_connections):
 
 
 def test_reminders_at_their_instants(s3, airflow_connections):
-    seven_days_before_final = dt.datetime(2021, 3, 14, 1, tzinfo=dt.UTC)  # 17:00 PST
+    seven_days_before_final = reminder("final_deadline-7d")
     result = runtime.send_reminders(MAI2021, seven_days_before_final)
     assert result["reminders"] == ["final_deadline-7d"]
     subjects = {m["Subject"] for m in read_outbox(airflow_connections.folder)}
     assert subjects == {
-        "[Mobile AI 2021 challenge and workshop (CVPR 2021)] Reminder: "
+        f"[{CH.title}] Reminder: "
         "Final models / reconstruction results submission deadline in 7 days"
     }
     with pytest.raises(runtime.PhaseError, match="no reminder"):
@@ -228,7 +241,7 @@ def test_a_failing_smtp_server_leaves_no_marker_so_a_retry_sends(s3, airflow_con
 
 
 def test_manual_reminder_run_sends_the_latest_due_reminders(s3, airflow_connections):
-    later = dt.datetime(2021, 3, 17, tzinfo=dt.UTC)  # after paper_deadline-1d, before final-1d
+    later = at("paper_deadline") + dt.timedelta(days=2)  # after paper-1d, before final-1d
     result = runtime.send_reminders(MAI2021, later, manual=True)
     assert result["reminders"] == ["paper_deadline-1d"]
 

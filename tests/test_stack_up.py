@@ -29,6 +29,7 @@ EXPECTED_DAGS = {
         for phase in (
             "release_data",
             "validation_server",
+            "validation_uploads",
             "final_collection",
             "scoring",
             "preliminary_results",

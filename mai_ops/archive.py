@@ -1,0 +1,682 @@
+"""Safe unpacking of a participant's submission archive (a zip).
+
+A submission is untrusted bytes from the internet. :func:`unpack_submission` reads
+the zip's central directory, validates EVERY member before a single byte is written,
+then extracts by streaming with its own byte caps, into ``dest`` only. Anything it
+refuses raises :class:`ArchiveError` with a stable ``code`` (for machines, listed in
+:data:`ERROR_CODES`) and a ``message`` written for the team (it goes into the reply
+email).
+
+The checks, in the order they run (the first problem found is the one reported):
+
+1. the file is a zip at all (``not_a_zip``: missing, zero bytes, truncated, garbage,
+   a bare ``.tflite`` uploaded instead of a zip), the archive's own size
+   (``too_large``) and its entry count from the end-of-central-directory record,
+   read before Python's ``zipfile`` parses the directory (``too_many_files``);
+2. per member, in directory order: its name (``bad_filename``: not decodable,
+   control characters, NUL, ``:``, over-long; ``absolute_path``: ``/x``, ``\\x``,
+   ``C:\\x``, ``\\\\server\\share``; ``zip_slip``: any ``..`` component, with ``\\``
+   treated as a separator too), its type (``symlink``, ``special_file`` for devices,
+   FIFOs and sockets, from the Unix mode in ``external_attr``), its flags
+   (``encrypted_member``: flag bit 0 or 6, or WinZip AES method 99), its compression
+   method (``unsupported_compression``: only stored, deflate, bzip2 and LZMA), a
+   second member with the same path after normalisation, compared case-insensitively
+   since the team's unpacked folder must be portable, or a path that is both a file and
+   a folder (``duplicate_member``), its declared size (``too_large``) and ratio
+   (``zip_bomb``);
+3. over all members: the declared total (``too_large``), the overall ratio and
+   members whose data overlap (``zip_bomb``, the "overlapping files" construction);
+   every member's local header is then opened (no data read) so a header that
+   disagrees with the directory is caught before extraction (``corrupt_member``);
+4. extraction, member by member, counting the bytes really produced: more than a
+   member declared (a lying header), more than the per-member or total cap, a bad
+   CRC or a truncated stream all stop it (``zip_bomb`` / ``corrupt_member``) and
+   everything already written is removed, leaving ``dest`` empty;
+5. what was found: ``nested_archive`` (no model, but an archive inside the archive:
+   we never unpack those), ``missing_model``, ``bad_factsheet``.
+
+Decisions, so they can be explained to a team:
+
+- The ratio check (uncompressed / compressed, per member and for the whole archive)
+  applies only above :data:`RATIO_FLOOR_BYTES` (1 MiB) of uncompressed data: a small
+  text file of spaces compresses 300:1 and is no bomb.
+- ``max_files`` counts every entry of the zip, folders included.
+- Names: ``\\`` is a path separator (some Windows tools write it); ``.`` and empty
+  components are dropped (``./model.tflite`` is ``model.tflite``). A name without
+  the zip's UTF-8 flag is read as UTF-8 when it is valid UTF-8 (Info-ZIP and macOS
+  write UTF-8 without the flag); anything else is ``bad_filename`` (cp437 guesses
+  produce garbage names, so we ask for ASCII or UTF-8 names instead).
+- macOS metadata (``__MACOSX/``, ``._*`` files, ``.DS_Store``) is validated like
+  everything else but not extracted.
+- One folder wrapping everything (``team_x/model.tflite``) is unwrapped: ``root`` is
+  that folder. ``model.tflite`` and ``model_none.tflite`` count only at the root; a
+  SavedModel is the shallowest folder holding ``saved_model.pb``, a Keras model the
+  shallowest ``.keras`` / ``.h5`` file. Results are the image files anywhere. The fact
+  sheet is the shallowest ``.pdf`` (a name containing "fact" wins a tie); every
+  ``.pdf`` must start with ``%PDF-`` within its first 1024 bytes (as PDF readers
+  accept). The readme is a root file whose name starts with "readme".
+- Archives inside the archive (``code.zip``) are kept as plain files and never
+  unpacked; only when no model is found and such an archive exists is the reason
+  ``nested_archive`` rather than ``missing_model``.
+- ``dest`` must be missing or empty: it is created only once every member passed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import struct
+import unicodedata
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+_MB = 1024 * 1024
+RATIO_FLOOR_BYTES = 1 * _MB
+_CHUNK = 1024 * 1024
+_MAX_NAME_BYTES = 1024
+_MAX_COMPONENT_BYTES = 255
+_SUPPORTED_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "LZMA",
+}
+_AES_METHOD = 99
+_FLAG_ENCRYPTED = 0x01
+_FLAG_STRONG_ENCRYPTION = 0x40
+_FLAG_UTF8 = 0x800
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+_MACOS_JUNK_DIR = "__MACOSX"
+
+# Every code an ArchiveError can carry, with what it means (docs/participants.md).
+ERROR_CODES: dict[str, str] = {
+    "not_a_zip": "the upload is not a readable zip archive (empty, truncated or another format)",
+    "zip_slip": "a member's path climbs out of the archive with '..'",
+    "absolute_path": "a member's path is absolute (/x, C:\\x, \\\\server\\share)",
+    "symlink": "a member is a symbolic link",
+    "special_file": "a member is a device, FIFO or socket, not a regular file",
+    "zip_bomb": "the compression ratio is implausible, members overlap, or a member "
+    "unpacks to more than its header says",
+    "too_large": "the archive, a member or all members together exceed the size limit",
+    "too_many_files": "the archive has more entries than allowed",
+    "bad_filename": "a member's name is not valid UTF-8 or has control characters, NUL or ':'",
+    "encrypted_member": "a member is encrypted (password-protected)",
+    "unsupported_compression": "a member uses a compression method other than stored, "
+    "deflate, bzip2 or LZMA",
+    "duplicate_member": "two members have the same path, or a path is both a file and a folder",
+    "corrupt_member": "a member's data is damaged (bad CRC, truncated, header mismatch)",
+    "nested_archive": "no model at the top level, only another archive inside the archive",
+    "missing_model": "no model.tflite, SavedModel folder or Keras model at the top level",
+    "bad_factsheet": "a .pdf file is not a PDF document",
+}
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Caps on one archive; sizes in MiB, ratios uncompressed / compressed."""
+
+    max_files: int = 200
+    max_total_mb: float = 2048
+    max_member_mb: float = 1024
+    max_ratio: float = 200.0
+
+
+class ArchiveError(Exception):
+    """An archive refused; ``code`` is stable, ``message`` is for the team."""
+
+    def __init__(self, code: str, message: str):
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Submission:
+    """What an unpacked archive holds; every path is inside ``dest``."""
+
+    root: Path
+    model: Path | None = None
+    model_none: Path | None = None
+    saved_model: Path | None = None
+    keras_model: Path | None = None
+    factsheet: Path | None = None
+    readme: Path | None = None
+    results: list[Path] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # POSIX paths relative to root
+
+    def as_json(self) -> dict:
+        def rel(p: Path | None) -> str | None:
+            return p.relative_to(self.root).as_posix() if p is not None else None
+
+        return {
+            "model": rel(self.model),
+            "model_none": rel(self.model_none),
+            "saved_model": rel(self.saved_model),
+            "keras_model": rel(self.keras_model),
+            "factsheet": rel(self.factsheet),
+            "readme": rel(self.readme),
+            "results": [rel(p) for p in self.results],
+            "files": list(self.files),
+        }
+
+
+@dataclass(frozen=True)
+class _Member:
+    info: zipfile.ZipInfo
+    parts: tuple[str, ...]  # normalised path components
+    is_dir: bool
+    junk: bool  # macOS metadata: validated, not extracted
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.parts)
+
+
+def unpack_submission(
+    archive: str | Path, dest: str | Path, limits: ArchiveLimits = ArchiveLimits()
+) -> Submission:
+    """Validate every member of ``archive``, then extract it into ``dest``."""
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{dest} must be missing or an empty folder")
+    size = _archive_size(archive, limits)
+    with _open_zip(archive) as zf:
+        members = _validate_members(zf, limits)
+        _validate_totals(members, size, limits)
+        _open_headers(zf, members)
+        created_dest = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            _extract(zf, members, dest, limits)
+            return _inspect(members, dest)
+        except BaseException:
+            _empty(dest, remove=created_dest)
+            raise
+
+
+# ---------------------------------------------------------------------------------
+# 1. the archive itself
+# ---------------------------------------------------------------------------------
+
+
+def _archive_size(archive: Path, limits: ArchiveLimits) -> int:
+    try:
+        size = archive.stat().st_size if archive.is_file() else -1
+    except OSError:
+        size = -1
+    if size < 0:
+        raise ArchiveError("not_a_zip", f"no archive found at {archive.name}")
+    if size == 0:
+        raise ArchiveError("not_a_zip", f"{archive.name} is empty (0 bytes); upload a .zip file")
+    if size > limits.max_total_mb * _MB:
+        raise ArchiveError(
+            "too_large",
+            f"the archive is {_size(size)}, over the limit of {limits.max_total_mb:g} MB",
+        )
+    with archive.open("rb") as fh:
+        head = fh.read(8)
+    entries = _declared_entries(archive, size)
+    if entries is None:
+        hint = ""
+        if head[4:8] == b"TFL3":
+            hint = " It looks like a bare .tflite model: put model.tflite inside a .zip file."
+        elif head.startswith(b"PK\x03\x04"):
+            hint = " It starts like a zip but its end is missing (truncated upload?)."
+        elif head.startswith(b"\x1f\x8b") or head.startswith(b"7z") or head.startswith(b"Rar!"):
+            hint = " It looks like a gzip/tar, 7z or rar archive; only .zip is accepted."
+        raise ArchiveError("not_a_zip", f"{archive.name} is not a readable zip archive.{hint}")
+    if entries > limits.max_files:
+        raise ArchiveError(
+            "too_many_files",
+            f"the archive has {entries} entries, more than the limit of {limits.max_files} "
+            "(files and folders count)",
+        )
+    return size
+
+
+def _declared_entries(archive: Path, size: int) -> int | None:
+    """The entry count of the end-of-central-directory record (ZIP64 aware); None if absent.
+
+    Read here so an archive declaring millions of entries is refused before
+    ``zipfile`` builds an object for each of them.
+    """
+    tail_len = min(size, 22 + 65535 + 20 + 56)
+    with archive.open("rb") as fh:
+        fh.seek(size - tail_len)
+        tail = fh.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    entries = struct.unpack("<H", tail[at + 10 : at + 12])[0]
+    if entries == 0xFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
+        (offset,) = struct.unpack("<Q", tail[at - 12 : at - 4])
+        if 0 <= offset <= size - 56:
+            with archive.open("rb") as fh:
+                fh.seek(offset)
+                record = fh.read(56)
+            if record[:4] == b"PK\x06\x06":
+                (entries,) = struct.unpack("<Q", record[32:40])
+    return entries
+
+
+class _open_zip:
+    """``zipfile.ZipFile`` whose parse errors become archive codes."""
+
+    def __init__(self, archive: Path):
+        self.archive = archive
+        self.zf: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> zipfile.ZipFile:
+        name = self.archive.name
+        try:
+            self.zf = zipfile.ZipFile(self.archive)
+        except UnicodeDecodeError as exc:
+            raise ArchiveError(
+                "bad_filename",
+                f"a member name is marked as UTF-8 but is not valid UTF-8 (bytes "
+                f"{exc.object[exc.start : exc.end + 8]!r}); use ASCII or UTF-8 file names",
+            ) from None
+        except NotImplementedError as exc:
+            raise ArchiveError(
+                "unsupported_compression", f"{name} needs a zip feature we do not support: {exc}"
+            ) from None
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+            raise ArchiveError(
+                "not_a_zip", f"{name} is not a readable zip archive ({exc})"
+            ) from None
+        return self.zf
+
+    def __exit__(self, *exc: object) -> None:
+        if self.zf is not None:
+            self.zf.close()
+
+
+# ---------------------------------------------------------------------------------
+# 2. every member, before anything is written
+# ---------------------------------------------------------------------------------
+
+
+def _validate_members(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[_Member]:
+    infos = zf.infolist()
+    if len(infos) > limits.max_files:
+        raise ArchiveError(
+            "too_many_files",
+            f"the archive has {len(infos)} entries, more than the limit of {limits.max_files}",
+        )
+    members: list[_Member] = []
+    seen: dict[str, str] = {}  # casefolded path -> path as written
+    for info in infos:
+        name = _decoded_name(info)
+        shown = _show(name)
+        parts = _name_parts(name, shown)
+        mode = info.external_attr >> 16
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFLNK:
+            raise ArchiveError(
+                "symlink", f"{shown} is a symbolic link; links are not allowed in a submission"
+            )
+        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            what = {
+                stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device",
+                stat.S_IFIFO: "a FIFO",
+                stat.S_IFSOCK: "a socket",
+            }.get(kind, f"a special file (mode {mode:o})")
+            raise ArchiveError("special_file", f"{shown} is {what}, not a regular file")
+        if (
+            info.flag_bits & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION)
+            or info.compress_type == _AES_METHOD
+        ):
+            raise ArchiveError(
+                "encrypted_member",
+                f"{shown} is encrypted; upload the archive without a password",
+            )
+        if info.compress_type not in _SUPPORTED_METHODS:
+            method = zipfile.compressor_names.get(info.compress_type, "unknown")
+            raise ArchiveError(
+                "unsupported_compression",
+                f"{shown} uses compression method {info.compress_type} ({method}); "
+                "use stored or deflate (the default of every zip tool)",
+            )
+        is_dir = name.endswith(("/", "\\")) or kind == stat.S_IFDIR
+        if not parts:
+            if is_dir:
+                continue  # "./" - the archive's own top folder
+            raise ArchiveError("bad_filename", f"a member has an empty name ({shown})")
+        path = "/".join(parts)
+        folded = unicodedata.normalize("NFC", path).casefold()
+        if folded in seen:
+            if not (is_dir and seen[folded].endswith("/")):
+                raise ArchiveError(
+                    "duplicate_member",
+                    f"{shown} appears twice in the archive (also as {_show(seen[folded])}; "
+                    "names are compared ignoring case)",
+                )
+            continue
+        seen[folded] = path + ("/" if is_dir else "")
+        junk = parts[0] == _MACOS_JUNK_DIR or parts[-1].startswith("._") or parts[-1] == ".DS_Store"
+        members.append(_Member(info, parts, is_dir, junk))
+        _check_member_size(info, shown, limits)
+
+    # A path that is a file and also the folder of another member.
+    files = {
+        unicodedata.normalize("NFC", m.path).casefold(): m.path for m in members if not m.is_dir
+    }
+    for m in members:
+        for depth in range(1, len(m.parts)):
+            prefix = unicodedata.normalize("NFC", "/".join(m.parts[:depth])).casefold()
+            if prefix in files:
+                raise ArchiveError(
+                    "duplicate_member",
+                    f"{_show(files[prefix])} is a file but {_show(m.path)} uses it as a folder",
+                )
+    return members
+
+
+def _decoded_name(info: zipfile.ZipInfo) -> str:
+    """The member's full name, as written (``orig_filename`` keeps what follows a NUL)."""
+    name = info.orig_filename
+    if info.flag_bits & _FLAG_UTF8:
+        return name
+    raw = name.encode("cp437")  # zipfile decoded the raw bytes as cp437: undo it
+    if raw.isascii():
+        return name
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveError(
+            "bad_filename",
+            f"the member name {raw!r} is not valid UTF-8 (and the archive does not say "
+            "which encoding it uses); rename it with ASCII or UTF-8 characters",
+        ) from None
+
+
+def _show(name: str) -> str:
+    """A name safe to print in an email: control characters made visible."""
+    text = repr(name)[1:-1] if any(_is_control(c) for c in name) else name
+    return f"'{text}'"
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") and char != "\u200d"
+
+
+def _name_parts(name: str, shown: str) -> tuple[str, ...]:
+    """Normalised components of a member name; raises on an unsafe or invalid name."""
+    if "\x00" in name:
+        raise ArchiveError("bad_filename", f"the member name {shown} contains a NUL byte")
+    if any(_is_control(c) for c in name):
+        raise ArchiveError("bad_filename", f"the member name {shown} has control characters")
+    if len(name.encode("utf-8")) > _MAX_NAME_BYTES:
+        raise ArchiveError(
+            "bad_filename",
+            f"the member name {shown[:80]}... is longer than {_MAX_NAME_BYTES} bytes",
+        )
+    text = name.replace("\\", "/")
+    if text.startswith("/"):
+        raise ArchiveError(
+            "absolute_path",
+            f"{shown} is an absolute path; paths in the archive must be relative "
+            "(model.tflite, results/0001.png)",
+        )
+    if len(text) >= 2 and text[1] == ":" and text[0].isascii() and text[0].isalpha():
+        raise ArchiveError(
+            "absolute_path", f"{shown} starts with a drive letter; paths must be relative"
+        )
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(
+            "zip_slip",
+            f"{shown} climbs out of the archive folder with '..'; paths must stay inside it",
+        )
+    for part in parts:
+        if ":" in part:
+            raise ArchiveError(
+                "bad_filename", f"the member name {shown} has ':' (not allowed in file names)"
+            )
+        if len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+            raise ArchiveError(
+                "bad_filename",
+                f"the member name {shown[:80]}... has a part longer than "
+                f"{_MAX_COMPONENT_BYTES} bytes",
+            )
+    return tuple(parts)
+
+
+def _check_member_size(info: zipfile.ZipInfo, shown: str, limits: ArchiveLimits) -> None:
+    if info.file_size > limits.max_member_mb * _MB:
+        raise ArchiveError(
+            "too_large",
+            f"{shown} unpacks to {_size(info.file_size)}, over the per-file limit of "
+            f"{limits.max_member_mb:g} MB",
+        )
+    if info.file_size > RATIO_FLOOR_BYTES:
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > limits.max_ratio:
+            raise ArchiveError(
+                "zip_bomb",
+                f"{shown} would unpack from {info.compress_size} bytes to "
+                f"{info.file_size / _MB:.1f} MB (ratio {ratio:.0f}:1, limit "
+                f"{limits.max_ratio:g}:1); this looks like a zip bomb",
+            )
+
+
+def _validate_totals(members: list[_Member], archive_size: int, limits: ArchiveLimits) -> None:
+    total = sum(m.info.file_size for m in members)
+    if total > limits.max_total_mb * _MB:
+        raise ArchiveError(
+            "too_large",
+            f"the archive unpacks to {_size(total)}, over the limit of {limits.max_total_mb:g} MB",
+        )
+    if total > RATIO_FLOOR_BYTES and total / archive_size > limits.max_ratio:
+        raise ArchiveError(
+            "zip_bomb",
+            f"the archive would unpack from {archive_size} bytes to {total / _MB:.1f} MB "
+            f"(ratio {total / archive_size:.0f}:1, limit {limits.max_ratio:g}:1); "
+            "this looks like a zip bomb",
+        )
+    # Members whose data overlap: the "non-recursive zip bomb" shares one compressed
+    # stream between many entries. A member's data starts after its 30-byte local
+    # header and name; the next member may not start before it ends.
+    spans = sorted(
+        (m.info.header_offset, m.info.header_offset + 30 + len(_raw_name(m.info)), i)
+        for i, m in enumerate(members)
+    )
+    spans = [(start, end + members[i].info.compress_size, i) for start, end, i in spans]
+    for (_, end, i), (next_start, _, j) in zip(spans, spans[1:], strict=False):
+        if next_start < end:
+            raise ArchiveError(
+                "zip_bomb",
+                f"the data of {_show(members[i].path)} and {_show(members[j].path)} overlap "
+                "in the archive; this is a known zip bomb construction",
+            )
+    if spans and spans[-1][1] > archive_size:
+        raise ArchiveError(
+            "corrupt_member",
+            f"{_show(members[spans[-1][2]].path)} claims more data than the archive holds "
+            "(truncated upload?)",
+        )
+
+
+def _raw_name(info: zipfile.ZipInfo) -> bytes:
+    if info.flag_bits & _FLAG_UTF8:
+        return info.orig_filename.encode("utf-8")
+    return info.orig_filename.encode("cp437")
+
+
+def _open_headers(zf: zipfile.ZipFile, members: list[_Member]) -> None:
+    """Open each member's local header (reads no data): a mismatch is caught here."""
+    for m in members:
+        try:
+            with zf.open(m.info):
+                pass
+        except RuntimeError:  # zipfile's "password required"
+            raise ArchiveError("encrypted_member", f"{_show(m.path)} is encrypted") from None
+        except NotImplementedError as exc:
+            raise ArchiveError(
+                "unsupported_compression", f"{_show(m.path)} uses an unsupported feature: {exc}"
+            ) from None
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, UnicodeDecodeError) as exc:
+            raise ArchiveError(
+                "corrupt_member", f"{_show(m.path)} is damaged: {_reason(exc)}"
+            ) from None
+
+
+def _size(n: int) -> str:
+    return f"{n / _MB:.1f} MB ({n:,} bytes)"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:300]
+
+
+# ---------------------------------------------------------------------------------
+# 4. extraction with byte caps
+# ---------------------------------------------------------------------------------
+
+
+def _extract(
+    zf: zipfile.ZipFile, members: list[_Member], dest: Path, limits: ArchiveLimits
+) -> None:
+    base = dest.resolve()
+    total_cap = int(limits.max_total_mb * _MB)
+    member_cap = int(limits.max_member_mb * _MB)
+    written_total = 0
+    for m in members:
+        if m.junk:
+            continue
+        target = base.joinpath(*m.parts)
+        if os.path.commonpath([base, target.resolve()]) != str(base):
+            raise ArchiveError("zip_slip", f"{_show(m.path)} resolves outside the archive folder")
+        if m.is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        cap = min(m.info.file_size, member_cap)
+        written = 0
+        try:
+            with zf.open(m.info) as src, open(target, "xb") as out:
+                while True:
+                    chunk = src.read(_CHUNK)
+                    if not chunk:
+                        break
+                    written += len(chunk)
+                    written_total += len(chunk)
+                    if written > cap or written_total > total_cap:
+                        raise ArchiveError(
+                            "zip_bomb",
+                            f"{_show(m.path)} unpacks to more than its header declares "
+                            f"({m.info.file_size} bytes) or than the size limit; extraction "
+                            "stopped",
+                        )
+                    out.write(chunk)
+        except ArchiveError:
+            raise
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # our own disk (full, permissions), not the archive's fault
+            raise ArchiveError(
+                "corrupt_member", f"{_show(m.path)} is damaged: {_reason(exc)}"
+            ) from None
+        except Exception as exc:  # BadZipFile (bad CRC), EOFError, zlib/lzma errors
+            raise ArchiveError(
+                "corrupt_member", f"{_show(m.path)} is damaged: {_reason(exc)}"
+            ) from None
+        if written != m.info.file_size:
+            raise ArchiveError(
+                "corrupt_member",
+                f"{_show(m.path)} unpacked to {written} bytes, its header says {m.info.file_size}",
+            )
+        os.chmod(target, 0o644)
+
+
+def _empty(dest: Path, remove: bool) -> None:
+    if remove:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for child in dest.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------
+# 5. what the archive holds
+# ---------------------------------------------------------------------------------
+
+
+def _inspect(members: list[_Member], dest: Path) -> Submission:
+    kept = [m for m in members if not m.junk]
+    files = [m.parts for m in kept if not m.is_dir]
+    root_parts: tuple[str, ...] = ()
+    tops = {p[0] for p in (m.parts for m in kept)}
+    if len(tops) == 1 and files and all(len(p) > 1 for p in files):
+        root_parts = (next(iter(tops)),)
+    root = dest.joinpath(*root_parts)
+    rel = sorted(PurePosixPath(*p[len(root_parts) :]) for p in files)
+
+    def at_root(name: str) -> Path | None:
+        for p in rel:
+            if len(p.parts) == 1 and p.name.lower() == name:
+                return root / p
+        return None
+
+    def shallowest(candidates: list[PurePosixPath], prefer: str = "") -> PurePosixPath | None:
+        if not candidates:
+            return None
+        return min(candidates, key=lambda p: (len(p.parts), prefer not in p.name.lower(), str(p)))
+
+    sub = Submission(root=root, files=[p.as_posix() for p in rel])
+    sub.model = at_root("model.tflite")
+    sub.model_none = at_root("model_none.tflite")
+    saved = shallowest([p for p in rel if p.name == "saved_model.pb"])
+    if saved is not None:
+        sub.saved_model = root / saved.parent
+    keras = shallowest([p for p in rel if p.suffix.lower() in KERAS_SUFFIXES])
+    sub.keras_model = root / keras if keras else None
+    sub.results = [root / p for p in rel if p.suffix.lower() in IMAGE_SUFFIXES]
+    readmes = [p for p in rel if len(p.parts) == 1 and p.name.lower().startswith("readme")]
+    sub.readme = root / min(readmes, key=str) if readmes else None
+
+    if sub.model is None and sub.saved_model is None and sub.keras_model is None:
+        nested = [p for p in rel if p.name.lower().endswith(ARCHIVE_SUFFIXES)]
+        if nested:
+            raise ArchiveError(
+                "nested_archive",
+                f"no model at the top level, but the archive holds another archive "
+                f"({', '.join(p.as_posix() for p in nested[:5])}); archives inside the "
+                "upload are not unpacked: put model.tflite directly in the uploaded .zip",
+            )
+        deeper = [p.as_posix() for p in rel if p.name.lower() == "model.tflite"]
+        where = (
+            f" model.tflite was found at {', '.join(deeper[:3])}, but it must be at the top "
+            "level of the archive (or inside one folder wrapping everything)."
+            if deeper
+            else ""
+        )
+        raise ArchiveError(
+            "missing_model",
+            "the archive has no model.tflite, no SavedModel folder (saved_model.pb) and no "
+            f"Keras model (.keras / .h5).{where}",
+        )
+
+    pdfs = [p for p in rel if p.suffix.lower() == ".pdf"]
+    for p in pdfs:
+        with (root / p).open("rb") as fh:
+            head = fh.read(1024)
+        if b"%PDF-" not in head:
+            raise ArchiveError(
+                "bad_factsheet",
+                f"{p.as_posix()} is named .pdf but is not a PDF document (no %PDF- header); "
+                "export the fact sheet as PDF",
+            )
+    chosen = shallowest(pdfs, prefer="fact")
+    sub.factsheet = root / chosen if chosen else None
+    return sub

@@ -1,0 +1,194 @@
+"""The validation server: each upload checked, benchmarked, scored and answered by email.
+
+One upload is one stored record under ``uploads/<upload key>.json`` in the results
+bucket. A record, once written, is the answer: processing the same upload again
+(a cleared task, a sweep after an event) returns it unchanged and sends nothing
+twice. The steps follow a fixed order (intake rules, archive and model checks,
+benchmark on the track's device, fidelity on validation data when the organizers
+staged it) and each way of failing ends in a record with a stable code, an email,
+and no effect on the other uploads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mai_ops.config import Challenge
+from mai_ops.notifications import Notice
+from mai_ops.participants import Team
+from mai_ops.storage import get_json, list_objects, object_exists, put_json
+
+RECORDS = "uploads/"
+
+
+def record_key(upload_key: str) -> str:
+    return f"{RECORDS}{upload_key}.json"
+
+
+def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
+    """Uploads with no record yet, oldest first: what a sweep must process.
+
+    Everything in the submissions bucket except the final-phase area (frozen at the
+    deadline instead), so a misplaced upload is answered too, not ignored.
+    """
+    done = {
+        o["Key"][len(RECORDS) : -len(".json")]
+        for o in list_objects(s3, challenge.buckets.results, RECORDS)
+    }
+    found = []
+    for obj in list_objects(s3, challenge.buckets.submissions):
+        key = obj["Key"]
+        parts = key.split("/")
+        if key in done or key.endswith("/") or (len(parts) > 1 and parts[1] == "final"):
+            continue
+        found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
+    return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
+
+
+def _history(s3: Any, challenge: Challenge, key: str) -> list:
+    """The team's other judged uploads for the same track and phase."""
+    from mai_ops.intake import PastUpload
+
+    prefix = RECORDS + "/".join(key.split("/")[:3]) + "/"
+    past = []
+    for obj in list_objects(s3, challenge.buckets.results, prefix):
+        rec = get_json(s3, challenge.buckets.results, obj["Key"])
+        if rec["key"] == key or rec.get("track") is None:
+            continue
+        past.append(
+            PastUpload(
+                key=rec["key"],
+                track=rec["track"],
+                phase=rec["phase"],
+                team=rec["team"],
+                uploaded_at=dt.datetime.fromisoformat(rec["uploaded_at"]),
+                sha256=rec["sha256"],
+                status=rec["status"],
+            )
+        )
+    return past
+
+
+def process_upload(s3: Any, challenge: Challenge, teams: list[Team], key: str) -> dict:
+    """Judge, check, benchmark and score one upload; store and return its record."""
+    from mai_ops.intake import IntakeError, Upload, judge_upload
+
+    results = challenge.buckets.results
+    if object_exists(s3, results, record_key(key)):
+        return get_json(s3, results, record_key(key))
+    head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
+    record: dict[str, Any] = {
+        "key": key,
+        "uploaded_at": head["LastModified"].astimezone(dt.UTC).isoformat(),
+        "size": head["ContentLength"],
+        "track": None,
+        "phase": None,
+        "team": None,
+        "status": "rejected",
+        "errors": [],
+        "checks": None,
+        "runtime": None,
+        "metrics": None,
+        "score": None,
+    }
+    with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
+        archive = Path(tmp) / "upload.zip"
+        s3.download_file(challenge.buckets.submissions, key, str(archive))
+        record["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+        upload = Upload(
+            key=key,
+            size=record["size"],
+            uploaded_at=head["LastModified"].astimezone(dt.UTC),
+            sha256=record["sha256"],
+        )
+        try:
+            path = judge_upload(upload, challenge, teams, _history(s3, challenge, key))
+        except IntakeError as exc:
+            record["errors"] = [{"code": exc.code, "message": exc.message}]
+            parts = key.split("/")
+            if len(parts) == 4:
+                record.update(track=parts[0], phase=parts[1], team=parts[2])
+        else:
+            record.update(track=path.track, phase=path.phase, team=path.team)
+            _check_and_measure(s3, challenge, path, archive, Path(tmp), record)
+    put_json(s3, results, record_key(key), record)
+    return record
+
+
+def _check_and_measure(s3, challenge: Challenge, path, archive: Path, tmp: Path, record) -> None:
+    from mai_ops.benchmark import BenchmarkError, run_benchmark
+    from mai_ops.intake import check_submission
+
+    track = challenge.track(path.track)
+    report = check_submission(archive, challenge, track.id, tmp / "work")
+    record["checks"] = report.as_json()
+    if not report.ok:
+        record["status"] = "failed"
+        record["errors"] = list(report.errors)
+        return
+    model = Path(report.model_path)
+    try:
+        result = run_benchmark(model, challenge.device(track.device), track)
+    except BenchmarkError as exc:
+        record["status"] = "failed"
+        record["errors"] = [{"code": f"benchmark_{exc.code}", "message": exc.message}]
+        return
+    record["runtime"] = result.as_json()
+    record["status"] = "ok"
+    if path.phase == "validation":
+        _validation_score(s3, challenge, track, model, report, result, record)
+
+
+def _validation_score(s3, challenge, track, model, report, result, record) -> None:
+    """Fidelity on the organizers' validation data, when they staged it, and the score."""
+    from mai_ops.fidelity import FidelityError, evaluate_model, load_validation_set, score_from
+
+    inputs, truths = load_validation_set(s3, challenge, track)
+    if not inputs:
+        record["notes"] = ["no validation ground truth staged: runtime only"]
+        return
+    fidelity_model = Path(report.fidelity_model_path or model)
+    try:
+        fidelity = evaluate_model(fidelity_model, track, inputs, truths)
+    except FidelityError as exc:
+        record["status"] = "failed"
+        record["errors"] = [{"code": exc.code, "message": exc.message}]
+        return
+    record["metrics"] = fidelity.metrics
+    record["score"] = score_from(track, fidelity.metrics, result.median_ms)
+
+
+def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
+    """The email a team gets for one upload: the verdict, the reasons, the numbers."""
+    lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
+    lines.append(f"(received {record['uploaded_at']}, sha256 {record.get('sha256', '')[:16]}…)")
+    status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
+    lines += ["", f"{status[record['status']]}.", ""]
+    for error in record["errors"]:
+        lines.append(f"- [{error['code']}] {error['message']}")
+    if record.get("runtime"):
+        rt = record["runtime"]
+        lines.append(
+            f"Runtime on {rt['device']}: median {rt['median_ms']:.2f} ms "
+            f"(mean {rt['avg_ms']:.2f} ± {rt['std_ms']:.2f} ms over {rt['count']} runs, "
+            f"init {rt['init_ms']:.1f} ms, peak memory {rt['peak_rss_mb']:.0f} MiB)"
+        )
+    for name, value in (record.get("metrics") or {}).items():
+        lines.append(f"{name}: {value:.4f}")
+    if record.get("score") is not None:
+        lines.append(f"Score: {record['score']:.6g}")
+    for note in record.get("notes", []):
+        lines.append(f"Note: {note}")
+    if record["status"] != "ok":
+        lines += ["", "Failed and rejected uploads do not count towards your limits."]
+    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
+    return Notice(
+        key=f"{challenge.id}/upload/{key}",
+        to=team.email,
+        subject=f"[{challenge.title}] {record['track']}: upload {record['status']}",
+        body="\n".join(lines) + "\n",
+    )

@@ -1,0 +1,169 @@
+"""The validation server end to end on the loopback S3 and SMTP servers.
+
+Uploads go to the submissions bucket as participants make them; each is judged,
+checked, benchmarked and scored, and answered by email exactly once, whatever
+else is in the same batch.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+
+from mai_ops import runtime
+from mai_ops.config import load_challenge
+from mai_ops.embedded import read_outbox
+from mai_ops.storage import get_json
+from mai_ops.validation import pending_uploads, record_key
+
+from .conftest import REHEARSAL as MAI2021
+from .conftest import reference_model
+
+CH = load_challenge(MAI2021)
+
+
+def put_zip(s3, key: str, members: dict[str, bytes]) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    s3.put_object(Bucket=CH.buckets.submissions, Key=key, Body=archive.getvalue())
+
+
+def process_all(s3) -> dict[str, dict]:
+    lanes = runtime.collect_uploads(MAI2021, [], s3=s3)
+    return {key: runtime.validate_upload(MAI2021, key) for keys in lanes.values() for key in keys}
+
+
+def mail_for(outbox, key: str):
+    found = [m for m in read_outbox(outbox) if m["X-MAI-Notice"].endswith(key)]
+    assert len(found) == 1, f"{len(found)} emails for {key}"
+    return found[0].get_body().get_content()
+
+
+def test_good_and_bad_uploads_in_one_batch(s3, airflow_connections):
+    depth = reference_model("depth")
+    put_zip(s3, "depth/validation/borealis/good.zip", {"model.tflite": depth})
+    put_zip(
+        s3,
+        "depth/validation/borealis/wrong-shape.zip",
+        {"model.tflite": reference_model("learned_isp")},
+    )
+    put_zip(s3, "depth/validation/borealis/escape.zip", {"../../x/model.tflite": depth})
+    put_zip(s3, "depth/validation/mallory/unknown-team.zip", {"model.tflite": depth})
+    put_zip(s3, "nosuchtrack/validation/borealis/a.zip", {"model.tflite": depth})
+    s3.put_object(
+        Bucket=CH.buckets.submissions, Key="depth/validation/borealis/junk.zip", Body=b"\0" * 64
+    )
+
+    results = process_all(s3)
+    status = {k: (r["status"], [e["code"] for e in r["errors"]]) for k, r in results.items()}
+    assert status == {
+        "depth/validation/borealis/good.zip": ("ok", []),
+        "depth/validation/borealis/wrong-shape.zip": (
+            "failed",
+            status["depth/validation/borealis/wrong-shape.zip"][1],
+        ),
+        "depth/validation/borealis/escape.zip": ("failed", ["zip_slip"]),
+        "depth/validation/mallory/unknown-team.zip": ("rejected", ["unknown_team"]),
+        "nosuchtrack/validation/borealis/a.zip": ("rejected", ["unknown_track"]),
+        "depth/validation/borealis/junk.zip": ("failed", ["not_a_zip"]),
+    }
+    assert "input_shape" in status["depth/validation/borealis/wrong-shape.zip"][1]
+
+    outbox = airflow_connections.folder
+    good = mail_for(outbox, "depth/validation/borealis/good.zip")
+    assert "ACCEPTED" in good and "Runtime on raspberry_pi4: median" in good
+    assert "no validation ground truth staged" in good
+    assert "zip_slip" in mail_for(outbox, "depth/validation/borealis/escape.zip")
+    # Nobody to answer for an unknown team; nothing left pending.
+    assert not any("mallory" in m["X-MAI-Notice"] for m in read_outbox(outbox))
+    assert pending_uploads(s3, CH) == []
+
+
+def test_reprocessing_gives_the_same_record_and_no_second_email(s3, airflow_connections):
+    put_zip(s3, "depth/validation/borealis/a.zip", {"model.tflite": reference_model("depth")})
+    first = process_all(s3)
+    record = get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip"))
+    again = runtime.validate_upload(MAI2021, "depth/validation/borealis/a.zip")
+    assert again == first["depth/validation/borealis/a.zip"]
+    assert get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip")) == record
+    assert len(read_outbox(airflow_connections.folder)) == 1
+
+
+def test_duplicate_and_failed_uploads_do_not_use_the_quota(s3, airflow_connections):
+    put_zip(s3, "depth/validation/borealis/1.zip", {"model.tflite": reference_model("depth")})
+    process_all(s3)
+    same = s3.get_object(Bucket=CH.buckets.submissions, Key="depth/validation/borealis/1.zip")
+    s3.put_object(  # the very same file uploaded again
+        Bucket=CH.buckets.submissions,
+        Key="depth/validation/borealis/2.zip",
+        Body=same["Body"].read(),
+    )
+    put_zip(s3, "depth/validation/borealis/3.zip", {"readme.txt": b"no model"})
+    results = process_all(s3)
+    assert results["depth/validation/borealis/2.zip"]["errors"][0]["code"] == "duplicate"
+    assert results["depth/validation/borealis/3.zip"]["errors"][0]["code"] == "missing_model"
+
+
+def test_announced_keys_come_first_and_sweep_finds_the_rest(s3, airflow_connections):
+    model = reference_model("depth")
+    put_zip(s3, "depth/validation/borealis/announced.zip", {"model.tflite": model})
+    put_zip(s3, "depth/validation/aurora/missed.zip", {"model.tflite": model})
+    events = [
+        {
+            "uploads": [
+                {"bucket": CH.buckets.submissions, "key": "depth/validation/borealis/announced.zip"}
+            ]
+        }
+    ]
+    lanes = runtime.collect_uploads(MAI2021, events, s3=s3)
+    assert lanes["depth"] == [
+        "depth/validation/borealis/announced.zip",
+        "depth/validation/aurora/missed.zip",
+    ]
+
+
+def test_validation_score_from_staged_ground_truth(s3, airflow_connections):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        for kind, array in (
+            ("input", rng.random((1, 480, 640, 3), dtype=np.float32)),
+            ("gt", (rng.random((1, 480, 640, 1)) * 5000 + 500).astype(np.float32)),
+        ):
+            buf = io.BytesIO()
+            np.save(buf, array)
+            s3.put_object(
+                Bucket=CH.buckets.organizers,
+                Key=f"validation/depth/{kind}/{name}.npy",
+                Body=buf.getvalue(),
+            )
+    put_zip(s3, "depth/validation/borealis/scored.zip", {"model.tflite": reference_model("depth")})
+    record = process_all(s3)["depth/validation/borealis/scored.zip"]
+    assert record["status"] == "ok", record["errors"]
+    full = get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/scored.zip"))
+    assert set(full["metrics"]) == {"si_rmse", "rmse"}
+    assert full["metrics"]["rmse"] > 0
+    assert full["score"] is not None
+    body = mail_for(airflow_connections.folder, "depth/validation/borealis/scored.zip")
+    assert "si_rmse:" in body and "Score:" in body
+
+
+@pytest.mark.parametrize(
+    "key, code",
+    [
+        pytest.param("depth/validation/borealis/model.tflite", "not_zip_name", id="not-a-zip-name"),
+        pytest.param("depth/testing/borealis/a.zip", "unknown_phase", id="unknown-phase"),
+        pytest.param(
+            "learned_isp/validation/borealis/a.zip", "not_registered", id="not-registered"
+        ),
+    ],
+)
+def test_intake_rejections_are_answered(s3, airflow_connections, key, code):
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})
+    result = runtime.validate_upload(MAI2021, key)
+    assert result["status"] == "rejected" and result["errors"][0]["code"] == code
+    assert code in mail_for(airflow_connections.folder, key)
