@@ -35,6 +35,7 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from mai_ops.config import Track  # noqa: E402
 from mai_ops.embedded import free_port, s3_client  # noqa: E402

@@ -46,7 +46,8 @@ CHALLENGE = {
         {
             "name": "final_deadline",
             "title": "Final",
-            "date": "2021-03-20",
+            # Ahead of the uploads the test makes: the server's clock judges lateness.
+            "date": str(dt.date.today() + dt.timedelta(days=30)),
             "phase": "final_collection",
         },
     ],

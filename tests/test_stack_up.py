@@ -82,7 +82,7 @@ def session_processes(sid: int) -> list[psutil.Process]:
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("stack")
     log = home / "stack.log"
-    port = free_port()
+    port, s3_port = free_port(), free_port()
     started = time.monotonic()
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -93,7 +93,7 @@ def stack(tmp_path_factory):
                 "--port",
                 str(port),
                 "--s3-port",
-                "0",
+                str(s3_port),
                 "--smtp-port",
                 "0",
                 "--home",
@@ -105,6 +105,8 @@ def stack(tmp_path_factory):
             start_new_session=True,
         )
     running = Stack(proc, port, log, started)
+    running.s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    running.outbox = home / "airflow" / "outbox"
     try:
         yield running
     finally:
@@ -164,6 +166,39 @@ def test_every_phase_dag_is_listed_without_import_errors(stack):
     errors = stack.get("/api/v2/importErrors")
     if errors["total_entries"] != 0:
         stack.fail(f"import errors: {errors}")
+
+
+def test_an_upload_is_answered_by_email_through_the_queue(stack):
+    """S3 notification -> queue -> asset watcher -> validation DAG -> reply email.
+
+    mai2021's validation phase closed in 2021, so the answer is a rejection naming
+    the deadline: the whole event path runs, and the storage server's clock decides.
+    """
+    import io
+    import zipfile
+    from email import message_from_bytes, policy
+
+    from mai_ops.embedded import s3_client
+
+    wait_for_health(stack)
+    key = "depth/validation/borealis/after-the-deadline.zip"
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("model.tflite", b"not checked: rejected before")
+    s3_client(stack.s3_endpoint).put_object(
+        Bucket="mai2021-submissions", Key=key, Body=archive.getvalue()
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        for path in stack.outbox.glob("*.eml"):
+            msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+            if msg["X-MAI-Notice"].endswith(key):
+                body = msg.get_body().get_content()
+                assert msg["To"] == "borealis@teams.example"
+                assert "REJECTED" in body and "[late]" in body, body
+                return
+        time.sleep(1)
+    stack.fail("no reply email for the upload within 240 s")
 
 
 def test_ctrl_c_stops_everything(stack):

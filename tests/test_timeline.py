@@ -178,12 +178,14 @@ def test_phase_instants_mai2021() -> None:
     assert list(phases) == [
         DagPhase.RELEASE_DATA,
         DagPhase.VALIDATION_SERVER,
+        DagPhase.VALIDATION_UPLOADS,
         DagPhase.FINAL_COLLECTION,
         DagPhase.SCORING,
         DagPhase.PRELIMINARY_RESULTS,
         DagPhase.REMINDERS,
         DagPhase.WORKSHOP_NOTICES,
     ]
+    assert phases[DagPhase.VALIDATION_UPLOADS] == []  # each upload is an event, plus a sweep
     assert phases[DagPhase.RELEASE_DATA] == [utc(2021, 1, 16, 1), utc(2021, 3, 16, 0)]
     assert phases[DagPhase.VALIDATION_SERVER] == [utc(2021, 1, 21, 1)]
     assert phases[DagPhase.FINAL_COLLECTION] == [utc(2021, 3, 21, 0)]
