@@ -115,7 +115,8 @@ def replies(outbox: Path) -> dict[str, float]:
         msg = message_from_bytes(path.read_bytes(), policy=policy.default)
         notice = msg.get("X-MAI-Notice", "")
         if "/upload/" in notice:
-            found[notice.split("/upload/", 1)[1]] = path.stat().st_mtime
+            # .../upload/<key>/<etag>
+            found[notice.split("/upload/", 1)[1].rpartition("/")[0]] = path.stat().st_mtime
     return found
 
 

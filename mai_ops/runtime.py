@@ -208,26 +208,34 @@ def publish_preliminary_results(path, s3=None, send=None) -> dict:
 
 
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str, list[str]]:
-    """Upload keys to process, per track: those the queue announced, plus a sweep.
+    """Upload keys to process, per track, oldest first, at most MAX_PER_RUN each.
 
-    The sweep lists every validation upload without a record, so a notification
-    that never came (or a run that failed) delays an answer but never loses it.
+    ``events`` are the asset events' ``extra``: the trigger's payload (``uploads``)
+    sits under ``payload``. Announced keys and a sweep of every upload without a
+    record are merged, so a notification that never came (or a run that failed)
+    delays an answer but never loses it.
     """
-    from mai_ops.validation import pending_uploads
+    from mai_ops.validation import MAX_PER_RUN, pending_uploads
 
     challenge = load_challenge(path)
     s3, _ = _clients(s3, None)
+    pending = pending_uploads(s3, challenge)
+    waiting = {u["key"] for u in pending}
     announced = [
         u["key"]
-        for event in events or []
-        for u in (event.get("uploads") or [])
+        for extra in events or []
+        for u in (extra.get("payload", extra).get("uploads") or [])
         if u.get("bucket") in (None, challenge.buckets.submissions)
     ]
-    swept = [u["key"] for u in pending_uploads(s3, challenge)]
+    missing = [k for k in announced if k not in waiting]
+    if missing:
+        log.info("announced uploads already answered or gone: %s", ", ".join(missing[:10]))
     by_track: dict[str, list[str]] = {t.id: [] for t in challenge.tracks}
-    for key in dict.fromkeys(announced + swept):
-        track = key.split("/", 1)[0]
-        by_track.setdefault(track if track in by_track else "_unknown", []).append(key)
+    for upload in pending:  # oldest first: quotas count earlier uploads
+        track = upload["key"].split("/", 1)[0]
+        lane = by_track.setdefault(track if track in by_track else "_unknown", [])
+        if len(lane) < MAX_PER_RUN:
+            lane.append(upload["key"])
     return by_track
 
 

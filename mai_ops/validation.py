@@ -13,20 +13,34 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mai_ops.config import Challenge
+from mai_ops.errors import NeedsOrganizer
 from mai_ops.notifications import Notice
 from mai_ops.participants import Team
 from mai_ops.storage import get_json, list_objects, object_exists, put_json
 
+log = logging.getLogger(__name__)
 RECORDS = "uploads/"
+# A run answers at most this many uploads per track; the next run takes the rest.
+MAX_PER_RUN = 200
 
 
-def record_key(upload_key: str) -> str:
-    return f"{RECORDS}{upload_key}.json"
+def record_key(upload_key: str, etag: str) -> str:
+    """One record per stored version: a re-upload under the same name is a new upload."""
+    return f"{RECORDS}{upload_key}/{etag.strip(chr(34))}.json"
+
+
+def _recorded(s3: Any, challenge: Challenge) -> set[tuple[str, str]]:
+    done = set()
+    for obj in list_objects(s3, challenge.buckets.results, RECORDS):
+        key, _, etag = obj["Key"][len(RECORDS) : -len(".json")].rpartition("/")
+        done.add((key, etag))
+    return done
 
 
 def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
@@ -35,21 +49,18 @@ def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
     Everything in the submissions bucket except the final-phase area (frozen at the
     deadline instead), so a misplaced upload is answered too, not ignored.
     """
-    done = {
-        o["Key"][len(RECORDS) : -len(".json")]
-        for o in list_objects(s3, challenge.buckets.results, RECORDS)
-    }
+    done = _recorded(s3, challenge)
     found = []
     for obj in list_objects(s3, challenge.buckets.submissions):
-        key = obj["Key"]
+        key, etag = obj["Key"], obj["ETag"].strip('"')
         parts = key.split("/")
-        if key in done or key.endswith("/") or (len(parts) > 1 and parts[1] == "final"):
+        if (key, etag) in done or key.endswith("/") or (len(parts) > 1 and parts[1] == "final"):
             continue
         found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
     return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
 
 
-def _history(s3: Any, challenge: Challenge, key: str) -> list:
+def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
     """The team's other judged uploads for the same track and phase."""
     from mai_ops.intake import PastUpload
 
@@ -57,7 +68,7 @@ def _history(s3: Any, challenge: Challenge, key: str) -> list:
     past = []
     for obj in list_objects(s3, challenge.buckets.results, prefix):
         rec = get_json(s3, challenge.buckets.results, obj["Key"])
-        if rec["key"] == key or rec.get("track") is None:
+        if (rec["key"], rec.get("etag")) == (key, etag) or rec.get("track") is None:
             continue
         past.append(
             PastUpload(
@@ -74,17 +85,25 @@ def _history(s3: Any, challenge: Challenge, key: str) -> list:
 
 
 def process_upload(s3: Any, challenge: Challenge, teams: list[Team], key: str) -> dict:
-    """Judge, check, benchmark and score one upload; store and return its record."""
-    from mai_ops.intake import IntakeError, Upload, judge_upload
+    """Judge, check, benchmark and score one upload; store and return its record.
+
+    Whatever goes wrong with this one upload ends in a stored record with a code, so
+    it is answered once and never retried in a loop; only a failure to reach the
+    storage itself propagates (the task retries).
+    """
+    from mai_ops.intake import MAX_UPLOAD_MB, IntakeError, Upload, judge_upload
 
     results = challenge.buckets.results
-    if object_exists(s3, results, record_key(key)):
-        return get_json(s3, results, record_key(key))
     head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
+    etag = head["ETag"].strip('"')
+    if object_exists(s3, results, record_key(key, etag)):
+        return get_json(s3, results, record_key(key, etag))
     record: dict[str, Any] = {
         "key": key,
+        "etag": etag,
         "uploaded_at": head["LastModified"].astimezone(dt.UTC).isoformat(),
         "size": head["ContentLength"],
+        "sha256": None,
         "track": None,
         "phase": None,
         "team": None,
@@ -95,10 +114,23 @@ def process_upload(s3: Any, challenge: Challenge, teams: list[Team], key: str) -
         "metrics": None,
         "score": None,
     }
+    parts = key.split("/")
+    if len(parts) == 4:
+        record.update(track=parts[0], phase=parts[1], team=parts[2])
+    if record["size"] > MAX_UPLOAD_MB * 1024 * 1024:  # judged before a byte is downloaded
+        record["errors"] = [
+            {
+                "code": "too_large",
+                "message": f"the upload is {record['size'] / 2**20:.1f} MB, "
+                f"over the limit of {MAX_UPLOAD_MB:g} MB",
+            }
+        ]
+        put_json(s3, results, record_key(key, etag), record)
+        return record
     with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
         archive = Path(tmp) / "upload.zip"
         s3.download_file(challenge.buckets.submissions, key, str(archive))
-        record["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+        record["sha256"] = _sha256(archive)
         upload = Upload(
             key=key,
             size=record["size"],
@@ -106,17 +138,40 @@ def process_upload(s3: Any, challenge: Challenge, teams: list[Team], key: str) -
             sha256=record["sha256"],
         )
         try:
-            path = judge_upload(upload, challenge, teams, _history(s3, challenge, key))
+            path = judge_upload(upload, challenge, teams, _history(s3, challenge, key, etag))
         except IntakeError as exc:
             record["errors"] = [{"code": exc.code, "message": exc.message}]
-            parts = key.split("/")
-            if len(parts) == 4:
-                record.update(track=parts[0], phase=parts[1], team=parts[2])
         else:
             record.update(track=path.track, phase=path.phase, team=path.team)
-            _check_and_measure(s3, challenge, path, archive, Path(tmp), record)
-    put_json(s3, results, record_key(key), record)
+            try:
+                _check_and_measure(s3, challenge, path, archive, Path(tmp), record)
+            except NeedsOrganizer:
+                raise  # e.g. unusable validation data: the organizers fix it, then clear
+            except Exception as exc:  # one upload's failure must not loop or stop others
+                log.exception("processing %s failed", key)
+                record["status"] = "failed"
+                record["errors"] = [
+                    {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+                ]
+    put_json(s3, results, record_key(key, etag), record)
     return record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def runtime_ms(runtime: dict | None) -> float | None:
+    """The runtime a score uses: the median, or the mean when the tool printed no median."""
+    if not runtime:
+        return None
+    return (
+        runtime.get("median_ms") if runtime.get("median_ms") is not None else runtime.get("avg_ms")
+    )
 
 
 def _check_and_measure(s3, challenge: Challenge, path, archive: Path, tmp: Path, record) -> None:
@@ -159,24 +214,34 @@ def _validation_score(s3, challenge, track, model, report, result, record) -> No
         record["errors"] = [{"code": exc.code, "message": exc.message}]
         return
     record["metrics"] = fidelity.metrics
-    record["score"] = score_from(track, fidelity.metrics, result.median_ms)
+    record["score"] = score_from(track, fidelity.metrics, runtime_ms(record["runtime"]))
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def runtime_line(rt: dict) -> str:
+    parts = [f"Runtime on {rt['device']}: {_ms(runtime_ms(rt))}"]
+    parts.append(f"(mean {_ms(rt.get('avg_ms'))}, std {_ms(rt.get('std_ms'))}, {rt['count']} runs")
+    if rt.get("init_ms") is not None:
+        parts.append(f"init {_ms(rt['init_ms'])}")
+    if rt.get("peak_rss_mb") is not None:
+        parts.append(f"peak memory {rt['peak_rss_mb']:.0f} MiB")
+    return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + ")"
 
 
 def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
     """The email a team gets for one upload: the verdict, the reasons, the numbers."""
     lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
-    lines.append(f"(received {record['uploaded_at']}, sha256 {record.get('sha256', '')[:16]}…)")
+    digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
+    lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
     status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
     lines += ["", f"{status[record['status']]}.", ""]
     for error in record["errors"]:
         lines.append(f"- [{error['code']}] {error['message']}")
     if record.get("runtime"):
-        rt = record["runtime"]
-        lines.append(
-            f"Runtime on {rt['device']}: median {rt['median_ms']:.2f} ms "
-            f"(mean {rt['avg_ms']:.2f} ± {rt['std_ms']:.2f} ms over {rt['count']} runs, "
-            f"init {rt['init_ms']:.1f} ms, peak memory {rt['peak_rss_mb']:.0f} MiB)"
-        )
+        lines.append(runtime_line(record["runtime"]))
     for name, value in (record.get("metrics") or {}).items():
         lines.append(f"{name}: {value:.4f}")
     if record.get("score") is not None:
@@ -186,6 +251,7 @@ def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
     if record["status"] != "ok":
         lines += ["", "Failed and rejected uploads do not count towards your limits."]
     key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
+    key = f"{key}/{record['etag']}"
     return Notice(
         key=f"{challenge.id}/upload/{key}",
         to=team.email,

@@ -192,7 +192,7 @@ def test_an_upload_is_answered_by_email_through_the_queue(stack):
     while time.monotonic() < deadline:
         for path in stack.outbox.glob("*.eml"):
             msg = message_from_bytes(path.read_bytes(), policy=policy.default)
-            if msg["X-MAI-Notice"].endswith(key):
+            if f"/upload/{key}/" in msg["X-MAI-Notice"]:
                 body = msg.get_body().get_content()
                 assert msg["To"] == "borealis@teams.example"
                 assert "REJECTED" in body and "[late]" in body, body

@@ -39,7 +39,7 @@ def process_all(s3) -> dict[str, dict]:
 
 
 def mail_for(outbox, key: str):
-    found = [m for m in read_outbox(outbox) if m["X-MAI-Notice"].endswith(key)]
+    found = [m for m in read_outbox(outbox) if f"/upload/{key}/" in m["X-MAI-Notice"]]
     assert len(found) == 1, f"{len(found)} emails for {key}"
     return found[0].get_body().get_content()
 
@@ -76,7 +76,7 @@ def test_good_and_bad_uploads_in_one_batch(s3, airflow_connections):
 
     outbox = airflow_connections.folder
     good = mail_for(outbox, "depth/validation/borealis/good.zip")
-    assert "ACCEPTED" in good and "Runtime on raspberry_pi4: median" in good
+    assert "ACCEPTED" in good and "Runtime on raspberry_pi4: " in good
     assert "no validation ground truth staged" in good
     assert "zip_slip" in mail_for(outbox, "depth/validation/borealis/escape.zip")
     # Nobody to answer for an unknown team; nothing left pending.
@@ -87,10 +87,16 @@ def test_good_and_bad_uploads_in_one_batch(s3, airflow_connections):
 def test_reprocessing_gives_the_same_record_and_no_second_email(s3, airflow_connections):
     put_zip(s3, "depth/validation/borealis/a.zip", {"model.tflite": reference_model("depth")})
     first = process_all(s3)
-    record = get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip"))
+    etag = s3.head_object(Bucket=CH.buckets.submissions, Key="depth/validation/borealis/a.zip")[
+        "ETag"
+    ]
+    record = get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip", etag))
     again = runtime.validate_upload(MAI2021, "depth/validation/borealis/a.zip")
     assert again == first["depth/validation/borealis/a.zip"]
-    assert get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip")) == record
+    assert (
+        get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip", etag))
+        == record
+    )
     assert len(read_outbox(airflow_connections.folder)) == 1
 
 
@@ -109,21 +115,39 @@ def test_duplicate_and_failed_uploads_do_not_use_the_quota(s3, airflow_connectio
     assert results["depth/validation/borealis/3.zip"]["errors"][0]["code"] == "missing_model"
 
 
-def test_announced_keys_come_first_and_sweep_finds_the_rest(s3, airflow_connections):
+def test_announced_and_swept_uploads_are_merged_oldest_first(s3, airflow_connections):
     model = reference_model("depth")
-    put_zip(s3, "depth/validation/borealis/announced.zip", {"model.tflite": model})
-    put_zip(s3, "depth/validation/aurora/missed.zip", {"model.tflite": model})
-    events = [
-        {
-            "uploads": [
-                {"bucket": CH.buckets.submissions, "key": "depth/validation/borealis/announced.zip"}
-            ]
-        }
-    ]
-    lanes = runtime.collect_uploads(MAI2021, events, s3=s3)
+    put_zip(s3, "depth/validation/borealis/first-missed.zip", {"model.tflite": model})
+    put_zip(s3, "depth/validation/borealis/then-announced.zip", {"model.tflite": model})
+    put_zip(s3, "depth/final/borealis/final.zip", {"model.tflite": model})  # frozen later
+    # The shape Airflow stores a trigger event in: the payload under "payload".
+    payload = {
+        "uploads": [
+            {
+                "bucket": CH.buckets.submissions,
+                "key": "depth/validation/borealis/then-announced.zip",
+            }
+        ]
+    }
+    lanes = runtime.collect_uploads(MAI2021, [{"from_trigger": True, "payload": payload}], s3=s3)
     assert lanes["depth"] == [
-        "depth/validation/borealis/announced.zip",
-        "depth/validation/aurora/missed.zip",
+        "depth/validation/borealis/first-missed.zip",
+        "depth/validation/borealis/then-announced.zip",
+    ]
+
+
+def test_a_backlog_is_answered_in_bounded_runs(s3, airflow_connections, monkeypatch):
+    import mai_ops.validation
+
+    monkeypatch.setattr(mai_ops.validation, "MAX_PER_RUN", 2)
+    for i in range(3):
+        put_zip(s3, f"depth/validation/borealis/{i}.zip", {"readme.txt": str(i).encode()})
+    first = runtime.collect_uploads(MAI2021, [], s3=s3)["depth"]
+    assert first == ["depth/validation/borealis/0.zip", "depth/validation/borealis/1.zip"]
+    for key in first:
+        runtime.validate_upload(MAI2021, key)
+    assert runtime.collect_uploads(MAI2021, [], s3=s3)["depth"] == [
+        "depth/validation/borealis/2.zip"
     ]
 
 
@@ -144,7 +168,12 @@ def test_validation_score_from_staged_ground_truth(s3, airflow_connections):
     put_zip(s3, "depth/validation/borealis/scored.zip", {"model.tflite": reference_model("depth")})
     record = process_all(s3)["depth/validation/borealis/scored.zip"]
     assert record["status"] == "ok", record["errors"]
-    full = get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/scored.zip"))
+    etag = s3.head_object(
+        Bucket=CH.buckets.submissions, Key="depth/validation/borealis/scored.zip"
+    )["ETag"]
+    full = get_json(
+        s3, CH.buckets.results, record_key("depth/validation/borealis/scored.zip", etag)
+    )
     assert set(full["metrics"]) == {"si_rmse", "rmse"}
     assert full["metrics"]["rmse"] > 0
     assert full["score"] is not None
@@ -167,3 +196,45 @@ def test_intake_rejections_are_answered(s3, airflow_connections, key, code):
     result = runtime.validate_upload(MAI2021, key)
     assert result["status"] == "rejected" and result["errors"][0]["code"] == code
     assert code in mail_for(airflow_connections.folder, key)
+
+
+def test_a_reupload_under_the_same_name_is_judged_and_answered_again(s3, airflow_connections):
+    key = "depth/validation/borealis/same-name.zip"
+    put_zip(s3, key, {"readme.txt": b"forgot the model"})
+    assert process_all(s3)[key]["status"] == "failed"
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})  # fixed, same name
+    assert process_all(s3)[key]["status"] == "ok"
+    bodies = [m.get_body().get_content() for m in read_outbox(airflow_connections.folder)]
+    assert len(bodies) == 2 and "FAILED" in bodies[0] and "ACCEPTED" in bodies[1]
+
+
+def test_an_oversized_upload_is_rejected_before_it_is_downloaded(
+    s3, airflow_connections, monkeypatch
+):
+    import mai_ops.intake
+
+    monkeypatch.setattr(mai_ops.intake, "MAX_UPLOAD_MB", 0.001)  # 1 KB, to keep the test small
+    key = "depth/validation/borealis/huge.zip"
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})
+    record = runtime.validate_upload(MAI2021, key)
+    assert record["status"] == "rejected" and record["errors"][0]["code"] == "too_large"
+
+
+def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
+    s3, airflow_connections, monkeypatch
+):
+    import mai_ops.validation
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("the device caught fire")
+
+    monkeypatch.setattr(mai_ops.validation, "_check_and_measure", explode)
+    key = "depth/validation/borealis/boom.zip"
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})
+    record = runtime.validate_upload(MAI2021, key)
+    assert record["status"] == "failed"
+    assert record["errors"] == [
+        {"code": "internal_error", "message": "RuntimeError: the device caught fire"}
+    ]
+    assert pending_uploads(s3, CH) == []  # answered: the sweep will not pick it up again
+    assert "internal_error" in mail_for(airflow_connections.folder, key)
