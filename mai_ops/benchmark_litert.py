@@ -59,7 +59,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mai_ops.child_limits import apply_own_limits, kill_group, limit_child, signal_name
+from mai_ops.child_limits import (
+    apply_own_limits,
+    child_env,
+    kill_group,
+    limit_child,
+    signal_name,
+)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MB = 1024 * 1024
@@ -225,8 +231,7 @@ def child_command() -> list[str]:
 
 
 def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env = child_env(_PROJECT_ROOT)
     # numpy's BLAS would start a thread per core, each reserving address space that counts
     # against RLIMIT_AS; the benchmark never calls BLAS.
     env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

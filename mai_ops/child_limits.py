@@ -14,6 +14,22 @@ import signal
 import subprocess
 
 MB = 1024 * 1024
+# No child writes more than this to one file (converted models, outputs).
+MAX_FILE_BYTES = 4 * 1024 * MB
+# What a child inherits from the worker's environment. Never the connections
+# (AIRFLOW_CONN_*, AWS_*, SMTP secrets): a participant's model or Keras code runs there.
+_ENV_NAMES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "VIRTUAL_ENV", "LD_LIBRARY_PATH"}
+_ENV_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_", "TF_", "KERAS_", "XLA_", "PYTHON")
+
+
+def child_env(project_root: str | os.PathLike | None = None) -> dict[str, str]:
+    """An allow-listed environment for a child that runs participants' models."""
+    env = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    if project_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(project_root), env.get("PYTHONPATH")])
+        )
+    return env
 
 
 def limit_child(pid: int, memory_mb: int) -> None:
@@ -24,6 +40,7 @@ def limit_child(pid: int, memory_mb: int) -> None:
         limit = memory_mb * MB
         resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
         resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
     except (ImportError, AttributeError, OSError, ValueError):
         pass  # the child applies the same limits to itself before opening the model
 
@@ -38,6 +55,11 @@ def apply_own_limits(memory_mb: int) -> None:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _, hard_fsize = resource.getrlimit(resource.RLIMIT_FSIZE)
+    fsize = (
+        MAX_FILE_BYTES if hard_fsize == resource.RLIM_INFINITY else min(MAX_FILE_BYTES, hard_fsize)
+    )
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -58,7 +58,6 @@ import io
 import json
 import logging
 import math
-import os
 import re
 import signal
 import subprocess
@@ -70,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mai_ops.child_limits import kill_group, limit_child, signal_name
+from mai_ops.child_limits import child_env, kill_group, limit_child, signal_name
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.formula import FormulaError, evaluate_formula, formula_names, parse_formula
 from mai_ops.metrics import (
@@ -305,8 +304,7 @@ def _input_paths(x: Any, work: Path, i: int) -> list[str]:
 
 def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
     """Run the child; its steps (``loaded``, ``samples``) or a :class:`FidelityError`."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env = child_env(_PROJECT_ROOT)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"
@@ -329,6 +327,9 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
         timed_out = True
         kill_group(proc)
         out, err = proc.communicate()
+    except BaseException:
+        kill_group(proc)  # the task was interrupted: leave nothing running
+        raise
     steps: dict[str, Any] = {"samples": []}
     for line in out.decode("utf-8", "replace").splitlines():
         try:

@@ -495,7 +495,7 @@ def convert_in_child(
     runs its code (Keras layers, SavedModel functions), so it happens in a child with
     a memory cap and a timeout, never in the caller.
     """
-    from mai_ops.child_limits import kill_group, limit_child, signal_name
+    from mai_ops.child_limits import child_env, kill_group, limit_child, signal_name
 
     (inp,) = track.inputs[:1]
     int8 = track.quantization == "int8" or inp.dtype in ("uint8", "int8")
@@ -511,8 +511,7 @@ def convert_in_child(
         "representative": str(representative) if representative else None,
         "memory_mb": memory_mb,
     }
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env = child_env(_PROJECT_ROOT)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         proc = subprocess.Popen(
@@ -532,6 +531,9 @@ def convert_in_child(
         kill_group(proc)
         proc.communicate()
         raise ConversionFailed(f"the conversion did not finish within {timeout_s:g} s") from None
+    except BaseException:
+        kill_group(proc)  # the task was interrupted: leave nothing running
+        raise
     answer = None
     for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
         try:

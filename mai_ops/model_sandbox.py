@@ -46,7 +46,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mai_ops.child_limits import apply_own_limits, kill_group, limit_child, signal_name
+from mai_ops.child_limits import (
+    apply_own_limits,
+    child_env,
+    kill_group,
+    limit_child,
+    signal_name,
+)
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MB = 1024 * 1024
@@ -96,8 +102,7 @@ def run_sandbox(
     """Run the checks of ``request`` on ``model_path`` in a limited child process."""
     limits = limits or SandboxLimits()
     payload = dict(request, model=str(model_path), memory_mb=limits.memory_mb)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+    env = child_env(_PROJECT_ROOT)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["OMP_NUM_THREADS"] = "1"
     started = time.monotonic()
@@ -120,6 +125,9 @@ def run_sandbox(
         timed_out = True
         kill_group(proc)
         out, err = proc.communicate()
+    except BaseException:
+        kill_group(proc)  # the task was interrupted: leave nothing running
+        raise
     seconds = time.monotonic() - started
     steps = _parse_steps(out)
     stderr = err.decode("utf-8", "replace")[-4000:]
