@@ -24,8 +24,8 @@ def test_limits_apply_to_a_real_child():
         [
             sys.executable,
             "-c",
-            "import sys, resource; sys.stdin.read(); "
-            "print(resource.getrlimit(resource.RLIMIT_AS)[0], resource.getrlimit(resource.RLIMIT_FSIZE)[0])",
+            "import sys, resource as r; sys.stdin.read(); "
+            "print(r.getrlimit(r.RLIMIT_AS)[0], r.getrlimit(r.RLIMIT_FSIZE)[0])",
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
