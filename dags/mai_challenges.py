@@ -112,6 +112,12 @@ def build_phase_dag(challenge: Challenge, path: str, phase: str, instants: list)
         == e.phase
     ]
     params = {}
+    if phase == DagPhase.FINAL_COLLECTION:
+        params["refreeze"] = Param(
+            False,
+            type="boolean",
+            description="Freeze again from the bucket (default: a stored final set is kept).",
+        )
     if event_names:
         params["event"] = Param(
             "",
@@ -127,6 +133,12 @@ def build_phase_dag(challenge: Challenge, path: str, phase: str, instants: list)
             "all", type="string", enum=["all", *[t.id for t in challenge.tracks]]
         )
         params["team"] = Param("", type="string", description="Re-score one team (empty: all).")
+        params["rescore"] = Param(
+            False,
+            type="boolean",
+            description="Measure again even submissions already scored from the same bytes.",
+        )
+
     else:
         schedule = EventsTimetable(
             event_dates=[pendulum.instance(i) for i in instants],
@@ -200,7 +212,9 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
         def freeze_final_set():
             from mai_ops import runtime
 
-            return organizer_errors_fail_fast(runtime.freeze_final, path)
+            return organizer_errors_fail_fast(
+                runtime.freeze_final, path, bool(get_current_context()["params"].get("refreeze"))
+            )
 
         @task
         def send_receipts():
@@ -277,7 +291,8 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             def score_submission(entry):
                 from mai_ops import runtime
 
-                return organizer_errors_fail_fast(runtime.score_submission, path, entry)
+                force = bool(get_current_context()["params"].get("rescore"))
+                return organizer_errors_fail_fast(runtime.score_submission, path, entry, force)
 
             scored.append(score_submission.expand(entry=list_frozen_submissions()))
         summarize_scores(*scored)

@@ -22,14 +22,21 @@ from mai_ops.storage import (
     copy_if_changed,
     final_upload_prefix,
     frozen_key,
+    get_json,
     list_objects,
+    object_exists,
     put_json,
 )
 from mai_ops.timeline import event_instant
 
 
-def freeze_final_set(s3: Any, challenge: Challenge, teams: list[Team]) -> dict:
+def freeze_final_set(
+    s3: Any, challenge: Challenge, teams: list[Team], refreeze: bool = False
+) -> dict:
+    """Freeze once: a stored manifest is the final set, unless ``refreeze`` is asked for."""
     buckets = challenge.buckets
+    if not refreeze and object_exists(s3, buckets.results, FROZEN_MANIFEST):
+        return get_json(s3, buckets.results, FROZEN_MANIFEST)
     known = {t.team_id for t in teams}
     deadline = event_instant(challenge, challenge.event("final_deadline"))
     frozen, missing, rejected = [], [], []
@@ -93,10 +100,16 @@ def receipt_notices(challenge: Challenge, manifest: dict, teams: list[Team]) -> 
     for team in teams:
         mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
         gaps = [m["track"] for m in manifest["missing"] if m["team"] == team.team_id]
-        if not mine and not gaps:
+        if (
+            not mine
+            and not gaps
+            and not any(f"/final/{team.team_id}/" in r["key"] for r in manifest["rejected"])
+        ):
             continue
         lines = [f"- {f['track']}: {f['source']} sha256 {f['sha256']}" for f in mine]
         lines += [f"- {track}: NO final submission received" for track in gaps]
+        late = [r for r in manifest["rejected"] if f"/final/{team.team_id}/" in r["key"]]
+        lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
         notices.append(
             Notice(
                 key=f"{challenge.id}/final_receipt/{team.team_id}",

@@ -142,10 +142,10 @@ def send_reminders(path, logical_date, manual=False, s3=None, send=None) -> dict
     return {"reminders": [r.key for r in reminders], **report.as_dict()}
 
 
-def freeze_final(path, s3=None) -> dict:
+def freeze_final(path, refreeze=False, s3=None) -> dict:
     challenge = load_challenge(path)
     s3, _ = _clients(s3, None)
-    manifest = freeze_final_set(s3, challenge, load_teams(challenge, path, s3))
+    manifest = freeze_final_set(s3, challenge, load_teams(challenge, path, s3), refreeze)
     return {k: len(v) for k, v in manifest.items() if isinstance(v, list)}
 
 
@@ -178,10 +178,10 @@ def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
     return entries
 
 
-def score_submission(path, entry, s3=None) -> dict:
+def score_submission(path, entry, force=False, s3=None) -> dict:
     challenge = load_challenge(path)
     s3, _ = _clients(s3, None)
-    return verify_frozen_submission(s3, challenge, entry)
+    return verify_frozen_submission(s3, challenge, entry, force=force)
 
 
 def publish_preliminary_results(path, s3=None, send=None) -> dict:

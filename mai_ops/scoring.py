@@ -12,9 +12,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import shutil
+import logging
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from mai_ops.benchmark import BenchmarkError, run_benchmark
 from mai_ops.config import Challenge
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.storage import FROZEN_MANIFEST, get_json, list_objects, object_exists, put_json
+
+log = logging.getLogger(__name__)
 
 
 class NoFrozenSet(NeedsOrganizer):
@@ -42,11 +43,23 @@ def score_key(track: str, team: str) -> str:
     return f"scores/{track}/{team}.json"
 
 
-MAX_MODEL_BYTES = 512 * 1024 * 1024
+def verify_frozen_submission(
+    s3: Any, challenge: Challenge, entry: dict, force: bool = False
+) -> dict:
+    """Check the frozen copy, then benchmark its runtime model on the track's device.
 
+    A submission already scored from the same bytes keeps its record (a cleared task
+    gives the same stored result) unless ``force`` asks for a re-score; a failed one
+    is tried again. Whatever goes wrong ends in a failed record with a code.
+    """
+    from mai_ops.validation import runtime_ms
 
-def verify_frozen_submission(s3: Any, challenge: Challenge, entry: dict) -> dict:
-    """Re-hash the frozen copy; benchmark its runtime model on the track's device."""
+    key = score_key(entry["track"], entry["team"])
+    results = challenge.buckets.results
+    if not force and object_exists(s3, results, key):
+        previous = get_json(s3, results, key)
+        if previous.get("sha256") == entry["sha256"] and previous["status"] == "verified":
+            return previous
     track = challenge.track(entry["track"])
     record = {
         "track": entry["track"],
@@ -56,56 +69,63 @@ def verify_frozen_submission(s3: Any, challenge: Challenge, entry: dict) -> dict
         "device": track.device,
         "status": "verified",
         "error": None,
-        "stages": ["integrity"],
+        "stages": [],
         "runtime": None,
+        "runtime_ms": None,
     }
-    with tempfile.TemporaryDirectory(prefix="mai-score-") as tmp:
-        archive = Path(tmp) / "submission"
-        s3.download_file(challenge.buckets.results, entry["frozen"], str(archive))
-        actual = hashlib.sha256(archive.read_bytes()).hexdigest()
-        if actual != entry["sha256"]:
-            record |= _failed(
-                "frozen_copy_changed", f"sha256 is {actual}, manifest says {entry['sha256']}"
-            )
-        else:
-            try:
-                model = _runtime_model(archive, Path(tmp))
-                result = run_benchmark(model, challenge.device(track.device), track)
-                record["runtime"] = result.as_json()
-                record["stages"].append("benchmark")
-            except SubmissionError as exc:
-                record |= _failed(exc.code, exc.message)
-            except BenchmarkError as exc:
-                record |= _failed(f"benchmark_{exc.code}", exc.message)
-    put_json(s3, challenge.buckets.results, score_key(entry["track"], entry["team"]), record)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mai-score-") as tmp:
+            archive = Path(tmp) / "submission.zip"
+            s3.download_file(results, entry["frozen"], str(archive))
+            actual = _sha256(archive)
+            if actual != entry["sha256"]:
+                record |= _failed(
+                    "frozen_copy_changed", f"sha256 is {actual}, manifest says {entry['sha256']}"
+                )
+            else:
+                record["stages"].append("integrity")
+                _check_and_benchmark(challenge, track, archive, Path(tmp), record)
+    except NeedsOrganizer:
+        raise
+    except Exception as exc:  # one submission's failure must not stop the others
+        log.exception("scoring %s/%s failed", entry["track"], entry["team"])
+        record |= _failed("internal_error", f"{type(exc).__name__}: {exc}")
+    record["runtime_ms"] = runtime_ms(record["runtime"])
+    put_json(s3, results, key, record)
     return record
 
 
-class SubmissionError(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+def _check_and_benchmark(challenge: Challenge, track, archive: Path, tmp: Path, record) -> None:
+    """The same unpacking, conversion and checks as the validation server, then the device."""
+    from mai_ops.intake import check_submission
+
+    report = check_submission(archive, challenge, track.id, tmp / "work")
+    if not report.ok:
+        first = report.errors[0]
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        record |= _failed(first["code"], first["message"] + more)
+        record["checks"] = report.as_json()
+        return
+    record["stages"].append("checks")
+    try:
+        result = run_benchmark(Path(report.model_path), challenge.device(track.device), track)
+    except BenchmarkError as exc:
+        record |= _failed(f"benchmark_{exc.code}", exc.message)
+        return
+    record["runtime"] = result.as_json()
+    record["stages"].append("benchmark")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _failed(code: str, message: str) -> dict:
     return {"status": "failed", "error": {"code": code, "message": message}}
-
-
-def _runtime_model(archive: Path, workdir: Path) -> Path:
-    """``model.tflite`` from a submission: the archive's member, or the file itself."""
-    if not zipfile.is_zipfile(archive):
-        return archive
-    with zipfile.ZipFile(archive) as zf:
-        members = [i for i in zf.infolist() if i.filename.rsplit("/", 1)[-1] == "model.tflite"]
-        if not members:
-            raise SubmissionError("missing_model", "the archive has no model.tflite")
-        info = min(members, key=lambda i: i.filename.count("/"))
-        if info.file_size > MAX_MODEL_BYTES:
-            raise SubmissionError("too_large", f"model.tflite is {info.file_size} bytes unpacked")
-        target = workdir / "model.tflite"
-        with zf.open(info) as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return target
 
 
 def collect_results(s3: Any, challenge: Challenge) -> list[dict]:
@@ -117,7 +137,7 @@ def collect_results(s3: Any, challenge: Challenge) -> list[dict]:
 
 
 def _rank_key(record: dict) -> tuple:
-    runtime = (record.get("runtime") or {}).get("median_ms")
+    runtime = record.get("runtime_ms")
     return (
         record["track"],
         record["status"] != "verified",
@@ -135,7 +155,7 @@ def publish_preliminary(s3: Any, challenge: Challenge, records: list[dict]) -> d
     writer = csv.writer(out)
     writer.writerow(["track", "team", "status", "runtime_ms", "device", "error", "sha256"])
     for r in rows:
-        runtime = (r.get("runtime") or {}).get("median_ms")
+        runtime = r.get("runtime_ms")
         error = (r.get("error") or {}).get("code", "")
         writer.writerow(
             [r["track"], r["team"], r["status"], runtime, r.get("device"), error, r["sha256"]]

@@ -122,8 +122,8 @@ def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_conne
     assert {"track": "quantized_sr", "team": "aurora"} in manifest["missing"]
     assert manifest["rejected"][0]["reason"] == "unknown team 'mallory'"
     assert counts == {"frozen": 2, "missing": 3, "rejected": 1}
-    # Same inputs, same manifest: a cleared task reproduces it.
-    runtime.freeze_final(MAI2021)
+    # Same inputs, same manifest, even when frozen again from the bucket.
+    runtime.freeze_final(MAI2021, refreeze=True)
     assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == manifest
 
 
@@ -252,7 +252,8 @@ def test_scoring_benchmarks_the_runtime_model_on_the_track_device(s3, airflow_co
     (entry,) = runtime.list_frozen(MAI2021)
     record = runtime.score_submission(MAI2021, entry)
     assert record["status"] == "verified", record["error"]
-    assert record["stages"] == ["integrity", "benchmark"]
+    assert record["stages"] == ["integrity", "checks", "benchmark"]
+    assert record["runtime_ms"] == record["runtime"]["median_ms"]
     assert record["device"] == "raspberry_pi4" and record["runtime"]["device"] == "raspberry_pi4"
     assert record["runtime"]["count"] >= CH.device("raspberry_pi4").runs
     assert 0 < record["runtime"]["min_ms"] <= record["runtime"]["median_ms"]
@@ -261,8 +262,8 @@ def test_scoring_benchmarks_the_runtime_model_on_the_track_device(s3, airflow_co
 @pytest.mark.parametrize(
     "body, code",
     [
-        pytest.param(b"not a flatbuffer", "benchmark_load_failed", id="garbage-model"),
-        pytest.param(b"", "benchmark_load_failed", id="empty-model"),
+        pytest.param(b"not a flatbuffer", "not_tflite", id="garbage-model"),
+        pytest.param(b"", "empty_file", id="empty-model"),
     ],
 )
 def test_a_broken_model_gets_a_failed_record_and_the_rest_are_scored(
@@ -289,10 +290,8 @@ def test_an_archive_without_model_is_a_failed_record(s3, airflow_connections):
     runtime.freeze_final(MAI2021)
     (entry,) = runtime.list_frozen(MAI2021)
     record = runtime.score_submission(MAI2021, entry)
-    assert record["error"] == {
-        "code": "missing_model",
-        "message": "the archive has no model.tflite",
-    }
+    assert record["status"] == "failed" and record["error"]["code"] == "missing_model"
+    assert "no model.tflite" in record["error"]["message"]
 
 
 def test_scoring_before_the_freeze_says_so(s3, airflow_connections):
@@ -300,3 +299,25 @@ def test_scoring_before_the_freeze_says_so(s3, airflow_connections):
 
     with pytest.raises(NeedsOrganizer, match="no frozen final set.*run the final collection first"):
         runtime.list_frozen(MAI2021)
+
+
+def test_a_cleared_scoring_task_keeps_the_stored_result_unless_rescored(s3, airflow_connections):
+    upload(s3, "depth", "borealis")
+    runtime.freeze_final(MAI2021)
+    (entry,) = runtime.list_frozen(MAI2021)
+    first = runtime.score_submission(MAI2021, entry)
+    assert runtime.score_submission(MAI2021, entry) == first  # same stored result
+    again = runtime.score_submission(MAI2021, entry, force=True)  # a re-score measures anew
+    assert again["status"] == "verified" and again["runtime"] != first["runtime"]
+
+
+def test_the_final_set_is_frozen_once_unless_refrozen(s3, airflow_connections):
+    upload(s3, "depth", "borealis")
+    runtime.freeze_final(MAI2021)
+    first = get_json(s3, CH.buckets.results, FROZEN_MANIFEST)
+    upload(s3, "learned_isp", "aurora")  # arrives after the freeze
+    runtime.freeze_final(MAI2021)
+    assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == first
+    runtime.freeze_final(MAI2021, refreeze=True)
+    teams = {f["team"] for f in get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["frozen"]}
+    assert teams == {"borealis", "aurora"}
