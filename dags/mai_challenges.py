@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
+
+# The core class, not airflow.sdk.EventsTimetable: in Airflow 3.3.2 the SDK one fails
+# to serialize when given a description (KeyError '_summary').
 from airflow.timetables.events import EventsTimetable
 
 from mai_ops.config import Challenge, Phase, challenge_files, read_challenge
@@ -242,7 +245,7 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             @task(
                 task_id=f"validate_{track.id if track else 'unrouted'}",
                 execution_timeout=pendulum.duration(minutes=10),
-                **({"pool": pool_name(track.device)} if track else {}),
+                **({"pool": pool_name(challenge.device(track.device))} if track else {}),
             )
             def validate_upload(key):
                 from mai_ops import runtime
@@ -287,7 +290,7 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
                 )
 
             # One pool per device, one slot each: two benchmarks never share a device.
-            @task(task_id=f"score_{track.id}", pool=pool_name(track.device))
+            @task(task_id=f"score_{track.id}", pool=pool_name(challenge.device(track.device)))
             def score_submission(entry):
                 from mai_ops import runtime
 

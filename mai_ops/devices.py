@@ -1,36 +1,48 @@
-"""The device farm: one Airflow pool with one slot per device.
+"""The device farm: one Airflow pool with one slot per physical device.
 
 Every benchmark task runs in its device's pool, so one device never runs two
 benchmarks at once (they would disturb each other's timing) while different
-devices run in parallel. The pools are created by the project (``make up``, the
-demo, the compose init) from the challenge files, never by hand.
+devices run in parallel. A pool stands for the hardware, not for a name in a
+config: every ``litert`` device measures on the worker's own CPU, so they all share
+one pool, and an Android phone is its ``serial``, whatever names point at it. The
+pools are created by the project (``make up``, the demo, the compose init) from the
+challenge files, never by hand.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 
 from mai_ops.config import Challenge, Device
 
+LOCAL_CPU_POOL = "mai_device_local_cpu"
 
-def pool_name(device: Device | str) -> str:
-    name = device if isinstance(device, str) else device.name
-    return f"mai_device_{name}"
+
+def pool_name(device: Device) -> str:
+    """The pool of the hardware ``device`` measures on."""
+    if device.backend == "adb":
+        return "mai_device_adb_" + re.sub(r"[^A-Za-z0-9_.-]", "_", device.serial or device.name)
+    return LOCAL_CPU_POOL
 
 
 def device_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
     """Pools in the form ``airflow pools import`` reads: {name: {slots, description}}."""
-    pools: dict[str, dict] = {}
+    users: dict[str, list[str]] = {}
     for challenge in challenges:
         for device in challenge.devices:
-            where = device.serial if device.backend == "adb" else "worker CPU"
-            pools[pool_name(device)] = {
-                "slots": 1,
-                "description": f"{device.title or device.name} ({device.backend}, {where})",
-                "include_deferred": False,
-            }
-    return pools
+            users.setdefault(pool_name(device), []).append(f"{challenge.id}/{device.name}")
+    return {
+        name: {
+            "slots": 1,
+            "description": ("the worker's CPU (litert)" if name == LOCAL_CPU_POOL else "phone")
+            + ": "
+            + ", ".join(sorted(devices)),
+            "include_deferred": False,
+        }
+        for name, devices in users.items()
+    }
 
 
 def pools_json(challenges: Iterable[Challenge]) -> str:

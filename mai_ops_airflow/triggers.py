@@ -104,6 +104,11 @@ class UploadQueueTrigger(BaseEventTrigger):
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                     for i, m in enumerate(messages)
                 ]
-                await asyncio.to_thread(client.delete_message_batch, QueueUrl=url, Entries=entries)
+                try:
+                    await asyncio.to_thread(
+                        client.delete_message_batch, QueueUrl=url, Entries=entries
+                    )
+                except Exception as exc:  # redelivered later: answered once all the same
+                    log.warning("cannot delete messages from %s: %s", self.queue_name, exc)
             else:
                 await asyncio.sleep(self.poll_interval)
