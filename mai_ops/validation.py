@@ -231,6 +231,27 @@ def runtime_line(rt: dict) -> str:
     return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + ")"
 
 
+def _model_lines(checks: dict) -> list[str]:
+    """What the model is and what the archive held, as the checks saw it."""
+    lines = []
+    model = checks.get("model") or {}
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(model.get(kind) or []):
+            q = t.get("quantization") or {}
+            quant = (
+                f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q.get("scale") else ""
+            )
+            lines.append(f"{kind[:-1]} {i}: {t.get('shape')} {t.get('dtype')}{quant}")
+    if model.get("ops"):
+        lines.append(f"ops: {', '.join(model['ops'])}")
+    if checks.get("converted_from"):
+        lines.append(f"converted for you from: {checks['converted_from']}")
+    if checks.get("files"):
+        lines.append(f"files: {', '.join(checks['files'][:20])}")
+    lines += [f"Note: {w}" for w in checks.get("warnings") or []]
+    return lines
+
+
 def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
     """The email a team gets for one upload: the verdict, the reasons, the numbers."""
     lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
@@ -240,6 +261,7 @@ def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
     lines += ["", f"{status[record['status']]}.", ""]
     for error in record["errors"]:
         lines.append(f"- [{error['code']}] {error['message']}")
+    lines += _model_lines(record.get("checks") or {})
     if record.get("runtime"):
         lines.append(runtime_line(record["runtime"]))
     for name, value in (record.get("metrics") or {}).items():
