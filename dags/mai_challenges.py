@@ -244,7 +244,8 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             # A track's uploads run in its device's pool: one benchmark per device.
             @task(
                 task_id=f"validate_{track.id if track else 'unrouted'}",
-                execution_timeout=pendulum.duration(minutes=10),
+                # Room for a conversion (15 min) and three adb attempts (3 x 10 min).
+                execution_timeout=pendulum.duration(minutes=60),
                 **({"pool": pool_name(challenge.device(track.device))} if track else {}),
             )
             def validate_upload(key):
@@ -290,7 +291,11 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
                 )
 
             # One pool per device, one slot each: two benchmarks never share a device.
-            @task(task_id=f"score_{track.id}", pool=pool_name(challenge.device(track.device)))
+            @task(
+                task_id=f"score_{track.id}",
+                pool=pool_name(challenge.device(track.device)),
+                execution_timeout=pendulum.duration(minutes=60),
+            )
             def score_submission(entry):
                 from mai_ops import runtime
 
