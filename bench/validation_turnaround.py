@@ -115,8 +115,9 @@ def replies(outbox: Path) -> dict[str, float]:
         msg = message_from_bytes(path.read_bytes(), policy=policy.default)
         notice = msg.get("X-MAI-Notice", "")
         if "/upload/" in notice:
-            # .../upload/<key>/<etag>
-            found[notice.split("/upload/", 1)[1].rpartition("/")[0]] = path.stat().st_mtime
+            # .../upload/<key>/<etag>/<status>
+            key = notice.split("/upload/", 1)[1].rsplit("/", 2)[0]
+            found[key] = path.stat().st_mtime
     return found
 
 

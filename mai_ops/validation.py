@@ -84,12 +84,34 @@ def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
     return past
 
 
-def process_upload(s3: Any, challenge: Challenge, teams: list[Team], key: str) -> dict:
+# Failures of ours, not of the submission: clearing the task processes the upload again.
+RETRYABLE_CODES = frozenset(
+    {
+        "internal_error",
+        "benchmark_device_offline",
+        "benchmark_adb_failed",
+        "benchmark_adb_missing",
+        "benchmark_timeout",
+    }
+)
+
+
+def _retryable(record: dict) -> bool:
+    return record["status"] == "failed" and any(
+        e["code"] in RETRYABLE_CODES for e in record["errors"]
+    )
+
+
+def process_upload(
+    s3: Any, challenge: Challenge, teams: list[Team], key: str, retry_failed: bool = True
+) -> dict:
     """Judge, check, benchmark and score one upload; store and return its record.
 
     Whatever goes wrong with this one upload ends in a stored record with a code, so
-    it is answered once and never retried in a loop; only a failure to reach the
-    storage itself propagates (the task retries).
+    it is answered and never retried in a loop by the sweep; only a failure to reach
+    the storage itself propagates (the task retries). A record that failed for a
+    reason of ours (``RETRYABLE_CODES``: a crash, a phone offline) is processed again
+    when its task is cleared; any other record is the answer.
     """
     from mai_ops.intake import MAX_UPLOAD_MB, IntakeError, Upload, judge_upload
 
@@ -97,7 +119,9 @@ def process_upload(s3: Any, challenge: Challenge, teams: list[Team], key: str) -
     head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
     etag = head["ETag"].strip('"')
     if object_exists(s3, results, record_key(key, etag)):
-        return get_json(s3, results, record_key(key, etag))
+        stored = get_json(s3, results, record_key(key, etag))
+        if not (retry_failed and _retryable(stored)):
+            return stored
     record: dict[str, Any] = {
         "key": key,
         "etag": etag,
@@ -273,7 +297,9 @@ def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
     if record["status"] != "ok":
         lines += ["", "Failed and rejected uploads do not count towards your limits."]
     key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
-    key = f"{key}/{record['etag']}"
+    # One email per outcome of one stored version: a re-run with the same outcome
+    # sends nothing, a cleared task that now succeeds tells the team.
+    key = f"{key}/{record['etag']}/{record['status']}"
     return Notice(
         key=f"{challenge.id}/upload/{key}",
         to=team.email,

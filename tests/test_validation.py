@@ -238,3 +238,32 @@ def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
     ]
     assert pending_uploads(s3, CH) == []  # answered: the sweep will not pick it up again
     assert "internal_error" in mail_for(airflow_connections.folder, key)
+
+
+def test_a_cleared_task_retries_an_upload_that_failed_on_our_side(
+    s3, airflow_connections, monkeypatch
+):
+    import mai_ops.validation
+
+    real = mai_ops.validation._check_and_measure
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    key = "depth/validation/borealis/retry.zip"
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})
+    monkeypatch.setattr(mai_ops.validation, "_check_and_measure", explode)
+    assert runtime.validate_upload(MAI2021, key)["status"] == "failed"
+    monkeypatch.setattr(mai_ops.validation, "_check_and_measure", real)  # the fix is deployed
+    assert runtime.validate_upload(MAI2021, key)["status"] == "ok"  # the organizer clears
+    assert runtime.validate_upload(MAI2021, key)["status"] == "ok"  # and again: no change
+    subjects = [m["Subject"] for m in read_outbox(airflow_connections.folder)]
+    assert len(subjects) == 2 and "failed" in subjects[0] and "ok" in subjects[1]
+
+
+def test_a_submission_failure_is_final_even_when_cleared(s3, airflow_connections):
+    key = "depth/validation/borealis/no-model.zip"
+    put_zip(s3, key, {"readme.txt": b"no model"})
+    first = runtime.validate_upload(MAI2021, key)
+    assert runtime.validate_upload(MAI2021, key) == first
+    assert len(read_outbox(airflow_connections.folder)) == 1
