@@ -67,7 +67,6 @@ from mai_ops.child_limits import (
     signal_name,
 )
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MB = 1024 * 1024
 _MEMORY_HINTS = re.compile(
     r"bad_alloc|out of memory|cannot allocate memory|failed to (?:re)?allocate|memoryerror"
@@ -231,7 +230,7 @@ def child_command() -> list[str]:
 
 
 def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
-    env = child_env(_PROJECT_ROOT)
+    env = child_env()
     # numpy's BLAS would start a thread per core, each reserving address space that counts
     # against RLIMIT_AS; the benchmark never calls BLAS.
     env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

@@ -22,8 +22,14 @@ _ENV_NAMES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "VIRTUAL_ENV", "
 _ENV_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_", "TF_", "KERAS_", "XLA_", "PYTHON")
 
 
-def child_env(project_root: str | os.PathLike | None = None) -> dict[str, str]:
-    """An allow-listed environment for a child that runs participants' models."""
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(project_root: str | os.PathLike | None = PROJECT_ROOT) -> dict[str, str]:
+    """An allow-listed environment for a child that runs participants' models.
+
+    ``project_root`` goes first on PYTHONPATH so ``python -m mai_ops...`` finds this code.
+    """
     env = {k: v for k, v in os.environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
     if project_root is not None:
         env["PYTHONPATH"] = os.pathsep.join(

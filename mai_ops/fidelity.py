@@ -83,7 +83,6 @@ from mai_ops.metrics import (
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MEMORY_HINTS = re.compile(
     r"bad_alloc|out of memory|cannot allocate memory|failed to (?:re)?allocate|memoryerror",
     re.IGNORECASE,
@@ -304,7 +303,7 @@ def _input_paths(x: Any, work: Path, i: int) -> list[str]:
 
 def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
     """Run the child; its steps (``loaded``, ``samples``) or a :class:`FidelityError`."""
-    env = child_env(_PROJECT_ROOT)
+    env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = "1"

@@ -71,7 +71,6 @@ PHASES = ("validation", "final")
 STATUSES = ("ok", "failed", "rejected")
 _MB = 1024 * 1024
 MAX_UPLOAD_MB = ArchiveLimits().max_total_mb
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Every code the intake rules and check_submission add themselves; the archive's codes
 # (mai_ops.archive.ERROR_CODES) and the model checks' (mai_ops.model_checks.ERROR_CODES)
@@ -511,7 +510,7 @@ def convert_in_child(
         "representative": str(representative) if representative else None,
         "memory_mb": memory_mb,
     }
-    env = child_env(_PROJECT_ROOT)
+    env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         proc = subprocess.Popen(

@@ -54,7 +54,6 @@ from mai_ops.child_limits import (
     signal_name,
 )
 
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _MB = 1024 * 1024
 _MEMORY_HINTS = re.compile(
     r"bad_alloc|out of memory|cannot allocate memory|failed to (?:re)?allocate|memoryerror",
@@ -102,7 +101,7 @@ def run_sandbox(
     """Run the checks of ``request`` on ``model_path`` in a limited child process."""
     limits = limits or SandboxLimits()
     payload = dict(request, model=str(model_path), memory_mb=limits.memory_mb)
-    env = child_env(_PROJECT_ROOT)
+    env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["OMP_NUM_THREADS"] = "1"
     started = time.monotonic()

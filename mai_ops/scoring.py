@@ -10,7 +10,6 @@ The record's ``stages`` says which stages ran.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import tempfile
@@ -20,7 +19,14 @@ from typing import Any
 from mai_ops.benchmark import BenchmarkError, run_benchmark
 from mai_ops.config import Challenge
 from mai_ops.errors import NeedsOrganizer
-from mai_ops.storage import FROZEN_MANIFEST, get_json, list_objects, object_exists, put_json
+from mai_ops.storage import (
+    FROZEN_MANIFEST,
+    get_json,
+    list_objects,
+    object_exists,
+    put_json,
+    sha256_of_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,7 @@ def verify_frozen_submission(
         with tempfile.TemporaryDirectory(prefix="mai-score-") as tmp:
             archive = Path(tmp) / "submission.zip"
             s3.download_file(results, entry["frozen"], str(archive))
-            actual = _sha256(archive)
+            actual = sha256_of_file(archive)
             if actual != entry["sha256"]:
                 record |= _failed(
                     "frozen_copy_changed", f"sha256 is {actual}, manifest says {entry['sha256']}"
@@ -114,14 +120,6 @@ def _check_and_benchmark(challenge: Challenge, track, archive: Path, tmp: Path, 
         return
     record["runtime"] = result.as_json()
     record["stages"].append("benchmark")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _failed(code: str, message: str) -> dict:

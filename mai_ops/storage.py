@@ -56,6 +56,14 @@ def object_exists(s3: Any, bucket: str, key: str) -> bool:
     return True
 
 
+def sha256_of_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def sha256_of_object(s3: Any, bucket: str, key: str) -> str:
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     digest = hashlib.sha256()

@@ -12,7 +12,6 @@ and no effect on the other uploads.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from mai_ops.config import Challenge
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.notifications import Notice
 from mai_ops.participants import Team
-from mai_ops.storage import get_json, list_objects, object_exists, put_json
+from mai_ops.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
 
 log = logging.getLogger(__name__)
 RECORDS = "uploads/"
@@ -154,7 +153,7 @@ def process_upload(
     with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
         archive = Path(tmp) / "upload.zip"
         s3.download_file(challenge.buckets.submissions, key, str(archive))
-        record["sha256"] = _sha256(archive)
+        record["sha256"] = sha256_of_file(archive)
         upload = Upload(
             key=key,
             size=record["size"],
@@ -179,14 +178,6 @@ def process_upload(
                 ]
     put_json(s3, results, record_key(key, etag), record)
     return record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def runtime_ms(runtime: dict | None) -> float | None:
