@@ -40,6 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from mai_ops.config import Track  # noqa: E402
 from mai_ops.embedded import free_port, s3_client  # noqa: E402
 from mai_ops.reference_models import build_reference_tflite  # noqa: E402
+from mai_ops.stack import spawn  # noqa: E402
 
 TARGET_P50, TARGET_P95 = 30.0, 60.0
 
@@ -139,29 +140,9 @@ def main() -> int:
         )
         model = build_reference_tflite(Track.model_validate(spec["tracks"][0]))
         port, s3_port = free_port(), free_port()
-        log = (root / "stack.log").open("wb")
         env = {**os.environ, "MAI_OPS_CHALLENGES_DIR": str(challenges)}
         home = root / "airflow"
-        stack = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mai_ops.stack",
-                "--port",
-                str(port),
-                "--s3-port",
-                str(s3_port),
-                "--smtp-port",
-                "0",
-                "--home",
-                str(home),
-            ],
-            cwd=PROJECT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        stack = spawn(port, s3_port, home, root / "stack.log", env)
         try:
             deadline = time.monotonic() + 300
             while not api_ready(port):

@@ -274,3 +274,28 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def spawn(
+    port: int,
+    s3_port: int,
+    home: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+    smtp_port: int = 0,
+) -> subprocess.Popen:
+    """Start the stack as a child in its own session (tests and benchmarks drive it so).
+
+    Stop it with SIGINT to the session, as Ctrl-C would; its output goes to ``log``.
+    """
+    cmd = [sys.executable, "-m", "mai_ops.stack", "--port", str(port), "--s3-port", str(s3_port)]
+    cmd += ["--smtp-port", str(smtp_port), "--home", str(home)]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=PROJECT,
+            env=env if env is not None else dict(os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import zipfile
@@ -29,6 +28,7 @@ from mai_ops.config import Device, load_challenge
 from mai_ops.devices import device_pools, pool_name
 from mai_ops.embedded import free_port, s3_client
 from mai_ops.reference_models import build_reference_tflite
+from mai_ops.stack import spawn
 
 from .conftest import PROJECT
 
@@ -122,27 +122,7 @@ def pool_stack(tmp_path_factory):
         # Each benchmark lasts 6 s: long enough for overlaps to be unmistakable.
         "ADB_STANDIN_SLEEP": "6",
     }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mai_ops.stack",
-                "--port",
-                str(port),
-                "--s3-port",
-                str(s3_port),
-                "--smtp-port",
-                "0",
-                "--home",
-                str(root / "airflow"),
-            ],
-            cwd=PROJECT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = spawn(port, s3_port, root / "airflow", log, env)
     try:
         yield {"port": port, "s3": f"http://127.0.0.1:{s3_port}", "dir": challenges, "log": log}
     finally:
