@@ -24,7 +24,7 @@ test: .venv/.synced compose-tool  ## lint, then every test
 	$(PY) -m pytest
 
 up: .venv/.synced  ## Airflow UI on http://localhost:8080 with the embedded S3 and SMTP servers
-	$(PY) -m mai_ops.stack
+	$(PY) -m mai_ops.dev.stack
 
 validate: .venv/.synced
 	.venv/bin/mai-ops validate

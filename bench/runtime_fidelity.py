@@ -102,7 +102,7 @@ def build_models(out: Path) -> dict[str, str]:
 
 
 def ours(model: str, threads: int, runs: int, warmup: int) -> float:
-    from mai_ops.benchmark_litert import run_litert
+    from mai_ops.devices.litert import run_litert
 
     result = run_litert(
         model, threads=threads, min_runs=runs, max_runs=runs, min_seconds=0, warmup=warmup
@@ -135,7 +135,7 @@ def google(model: str, threads: int, runs: int, warmup: int) -> float:
 
 
 def repeat_cv(model: str, threads: int, repeats: int) -> tuple[list[float], float]:
-    from mai_ops.benchmark_litert import run_litert
+    from mai_ops.devices.litert import run_litert
 
     medians = [run_litert(model, threads=threads).median_ms for _ in range(repeats)]
     return medians, statistics.stdev(medians) / statistics.mean(medians)

@@ -1,6 +1,6 @@
 """Upload → reply-email latency of the validation server on the embedded default.
 
-Starts the real stack (``python -m mai_ops.stack``: Airflow standalone with its
+Starts the real stack (``python -m mai_ops.dev.stack``: Airflow standalone with its
 scheduler, triggerer and LocalExecutor, the local S3-compatible server with its SQS
 queue, the local SMTP server) on a small challenge whose validation phase is open
 now, uploads N real TFLite submissions one after the other, and measures for each
@@ -37,10 +37,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from mai_ops.config import Track  # noqa: E402
-from mai_ops.embedded import free_port, s3_client  # noqa: E402
-from mai_ops.reference_models import build_reference_tflite  # noqa: E402
-from mai_ops.stack import spawn  # noqa: E402
+from mai_ops.challenge.config import Track  # noqa: E402
+from mai_ops.dev.embedded import free_port, s3_client  # noqa: E402
+from mai_ops.dev.reference_models import build_reference_tflite  # noqa: E402
+from mai_ops.dev.stack import spawn  # noqa: E402
 
 TARGET_P50, TARGET_P95 = 30.0, 60.0
 

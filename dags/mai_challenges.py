@@ -7,7 +7,7 @@ Pacific Time unless the event says otherwise, daylight saving included). Scoring
 follows the frozen final set (an asset). Dates not fixed yet schedule nothing.
 
 Re-run a phase by clearing its task; trigger a DAG by hand to run its latest event,
-or name one in the trigger form (`event`). The work is in `mai_ops.runtime`.
+or name one in the trigger form (`event`). The work is in `mai_ops.tasks`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from airflow.sdk import Asset, Param, dag, task
 # to serialize when given a description (KeyError '_summary').
 from airflow.timetables.events import EventsTimetable
 
-from mai_ops.config import Challenge, Phase, challenge_files, read_challenge
-from mai_ops.timeline import DagPhase, dag_id, phase_instants
+from mai_ops.challenge.config import Challenge, Phase, challenge_files, read_challenge
+from mai_ops.challenge.timeline import DagPhase, dag_id, phase_instants
 
 DEFAULT_ARGS = {
     "owner": "mai-organizers",
@@ -176,11 +176,11 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
         @task
         def publish_release_and_notify(params=None):
-            from mai_ops import runtime
+            from mai_ops import tasks
 
             when, manual = _run_info(get_current_context())
             return organizer_errors_fail_fast(
-                runtime.release_data, path, when, params.get("event") or None, manual
+                tasks.release_data, path, when, params.get("event") or None, manual
             )
 
         publish_release_and_notify()
@@ -189,11 +189,11 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
         @task(task_id=f"announce_{phase}")
         def announce(params=None):
-            from mai_ops import runtime
+            from mai_ops import tasks
 
             when, manual = _run_info(get_current_context())
             return organizer_errors_fail_fast(
-                runtime.announce_events, path, phase, when, params.get("event") or None, manual
+                tasks.announce_events, path, phase, when, params.get("event") or None, manual
             )
 
         announce()
@@ -202,10 +202,10 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
         @task
         def send_reminders():
-            from mai_ops import runtime
+            from mai_ops import tasks
 
             when, manual = _run_info(get_current_context())
-            return organizer_errors_fail_fast(runtime.send_reminders, path, when, manual)
+            return organizer_errors_fail_fast(tasks.send_reminders, path, when, manual)
 
         send_reminders()
 
@@ -213,32 +213,32 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
         @task(outlets=[frozen_final_set(challenge)])
         def freeze_final_set():
-            from mai_ops import runtime
+            from mai_ops import tasks
 
             return organizer_errors_fail_fast(
-                runtime.freeze_final, path, bool(get_current_context()["params"].get("refreeze"))
+                tasks.freeze_final, path, bool(get_current_context()["params"].get("refreeze"))
             )
 
         @task
         def send_receipts():
-            from mai_ops import runtime
+            from mai_ops import tasks
 
-            return organizer_errors_fail_fast(runtime.send_receipts, path)
+            return organizer_errors_fail_fast(tasks.send_receipts, path)
 
         freeze_final_set() >> send_receipts()
 
     elif phase == DagPhase.VALIDATION_UPLOADS:
-        from mai_ops.devices import pool_name
+        from mai_ops.devices.pools import pool_name
 
         for track in [*challenge.tracks, None]:
             lane = track.id if track else "_unknown"
 
             @task(task_id=f"collect_{track.id if track else 'unrouted'}")
             def collect_uploads(triggering_asset_events=None, lane=lane):
-                from mai_ops import runtime
+                from mai_ops import tasks
 
                 events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
-                found = organizer_errors_fail_fast(runtime.collect_uploads, path, events)
+                found = organizer_errors_fail_fast(tasks.collect_uploads, path, events)
                 return found.get(lane, [])
 
             # A track's uploads run in its device's pool: one benchmark per device.
@@ -249,14 +249,14 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
                 **({"pool": pool_name(challenge.device(track.device))} if track else {}),
             )
             def validate_upload(key):
-                from mai_ops import runtime
+                from mai_ops import tasks
 
-                return organizer_errors_fail_fast(runtime.validate_upload, path, key)
+                return organizer_errors_fail_fast(tasks.validate_upload, path, key)
 
             validate_upload.expand(key=collect_uploads())
 
     elif phase == DagPhase.SCORING:
-        from mai_ops.devices import pool_name
+        from mai_ops.devices.pools import pool_name
 
         @task(multiple_outputs=False, trigger_rule="none_failed")
         def summarize_scores(*per_track, params=None):
@@ -281,13 +281,13 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
             @task(task_id=f"list_{track.id}")
             def list_frozen_submissions(params=None, track_id=track.id):
-                from mai_ops import runtime
+                from mai_ops import tasks
 
                 wanted = params.get("track") or "all"
                 if wanted not in ("all", track_id):
                     return []
                 return organizer_errors_fail_fast(
-                    runtime.list_frozen, path, track_id, params.get("team") or None
+                    tasks.list_frozen, path, track_id, params.get("team") or None
                 )
 
             # One pool per device, one slot each: two benchmarks never share a device.
@@ -297,10 +297,10 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
                 execution_timeout=pendulum.duration(minutes=60),
             )
             def score_submission(entry):
-                from mai_ops import runtime
+                from mai_ops import tasks
 
                 force = bool(get_current_context()["params"].get("rescore"))
-                return organizer_errors_fail_fast(runtime.score_submission, path, entry, force)
+                return organizer_errors_fail_fast(tasks.score_submission, path, entry, force)
 
             scored.append(score_submission.expand(entry=list_frozen_submissions()))
         summarize_scores(*scored)
@@ -309,9 +309,9 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
 
         @task
         def publish_preliminary_results():
-            from mai_ops import runtime
+            from mai_ops import tasks
 
-            return organizer_errors_fail_fast(runtime.publish_preliminary_results, path)
+            return organizer_errors_fail_fast(tasks.publish_preliminary_results, path)
 
         publish_preliminary_results()
 

@@ -34,7 +34,7 @@ os.environ.update(
 
 @pytest.fixture(scope="session")
 def s3_server():
-    from mai_ops.embedded import LocalS3
+    from mai_ops.dev.embedded import LocalS3
 
     server = LocalS3().start()
     yield server
@@ -44,9 +44,9 @@ def s3_server():
 @pytest.fixture
 def s3(s3_server):
     """A client on a clean server: every bucket of mai2021 exists and is empty."""
-    from mai_ops.config import load_challenge
-    from mai_ops.embedded import ensure_buckets
-    from mai_ops.storage import list_objects
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.dev.embedded import ensure_buckets
+    from mai_ops.infra.storage import list_objects
 
     client = s3_server.client()
     buckets = load_challenge(MAI2021).buckets.model_dump().values()
@@ -59,7 +59,7 @@ def s3(s3_server):
 
 @pytest.fixture
 def smtp(tmp_path):
-    from mai_ops.embedded import LocalSMTP
+    from mai_ops.dev.embedded import LocalSMTP
 
     server = LocalSMTP(tmp_path / "outbox").start()
     yield server
@@ -69,7 +69,7 @@ def smtp(tmp_path):
 @pytest.fixture
 def airflow_connections(s3_server, smtp, monkeypatch):
     """AIRFLOW_CONN_* for the providers' hooks, pointing at the loopback servers."""
-    from mai_ops.embedded import connection_env
+    from mai_ops.dev.embedded import connection_env
 
     for key, value in connection_env(s3_server.endpoint_url, smtp.host, smtp.port).items():
         monkeypatch.setenv(key, value)
@@ -86,7 +86,7 @@ def airflow_db():
 
 # A copy of mai2021 with its dates moved so the final deadline is tomorrow: uploads
 # made by the tests are judged by the storage server's clock, as in production.
-from mai_ops.demo import rehearsal_copy  # noqa: E402
+from mai_ops.dev.demo import rehearsal_copy  # noqa: E402
 
 REHEARSAL = rehearsal_copy(MAI2021, _HOME / "rehearsal")
 
@@ -94,8 +94,8 @@ _MODEL_DIR = _HOME / "reference-models"
 _BUILD = """
 import sys
 from pathlib import Path
-from mai_ops.config import load_challenge
-from mai_ops.reference_models import build_reference_tflite
+from mai_ops.challenge.config import load_challenge
+from mai_ops.dev.reference_models import build_reference_tflite
 challenge = load_challenge(sys.argv[1])
 for track in challenge.tracks:
     Path(sys.argv[2], track.id + ".tflite").write_bytes(build_reference_tflite(track))

@@ -6,7 +6,7 @@ in a subprocess, so TensorFlow (10 s to import, a pool of threads) never loads i
 the pytest process, where Airflow's tests run too.
 
 Every image model is 1x32x32x3, small enough to convert in well under a second.
-Models built through :mod:`mai_ops.conversion` (Keras ``.keras`` / ``.h5`` and a
+Models built through :mod:`mai_ops.models.conversion` (Keras ``.keras`` / ``.h5`` and a
 SavedModel, float and INT8) double as the conversion tests; the converter's failure
 on a model that needs SELECT_TF_OPS is recorded in the manifest as it was raised.
 """
@@ -64,7 +64,7 @@ def representative_images(count: int = 8):
 
 def build(out: Path) -> dict:
     """Build every model into ``out``; returns the manifest."""
-    from mai_ops.conversion import ConversionError, convert_model, convert_saved_model
+    from mai_ops.models.conversion import ConversionError, convert_model, convert_saved_model
 
     tf = _tf()
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def build(out: Path) -> dict:
         make()
         seconds[name] = round(time.monotonic() - started, 2)
 
-    # Keras files and a SavedModel, converted by mai_ops.conversion.
+    # Keras files and a SavedModel, converted by mai_ops.models.conversion.
     conv = _conv_model()
     conv.save(out / "conv.keras")
     conv.save(out / "conv.h5")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops.archive import (
+from mai_ops.submissions.archive import (
     ERROR_CODES,
     RATIO_FLOOR_BYTES,
     ArchiveError,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops.benchmark_adb import AdbRun, benchmark_model_flags, run_adb
-from mai_ops.benchmark_litert import BenchmarkError
-from mai_ops.config import Device
+from mai_ops.challenge.config import Device
+from mai_ops.devices.adb import AdbRun, benchmark_model_flags, run_adb
+from mai_ops.devices.litert import BenchmarkError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STANDIN = FIXTURES / "adb_standin" / "adb"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops import benchmark_litert
-from mai_ops.benchmark_litert import BenchmarkError, BenchmarkResult, run_litert, summarize
+from mai_ops.devices import litert as benchmark_litert
+from mai_ops.devices.litert import BenchmarkError, BenchmarkResult, run_litert, summarize
 
 PROJECT = Path(__file__).resolve().parent.parent
 

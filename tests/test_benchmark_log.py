@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops.benchmark_log import (
+from mai_ops.devices.benchmark_log import (
     BenchmarkLog,
     BenchmarkLogError,
     parse_benchmark_log,

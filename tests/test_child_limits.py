@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from mai_ops.child_limits import MAX_FILE_BYTES, child_env, limit_child
+from mai_ops.infra.child import MAX_FILE_BYTES, child_env, limit_child
 
 
 def test_connections_and_secrets_never_reach_a_model_child(monkeypatch):

@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mai_ops.cli import main
-from mai_ops.config import (
+from mai_ops.challenge.config import (
     ChallengeConfigError,
     Problem,
     challenge_files,
@@ -25,6 +24,7 @@ from mai_ops.config import (
     read_challenge,
     validate_files,
 )
+from mai_ops.cli import main
 
 CHALLENGES = Path(__file__).resolve().parent.parent / "include" / "challenges"
 MAI2021 = CHALLENGES / "mai2021.yaml"

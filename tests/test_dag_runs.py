@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from mai_ops.config import load_challenge
-from mai_ops.embedded import read_outbox
-from mai_ops.storage import FROZEN_MANIFEST, get_json
+from mai_ops.challenge.config import load_challenge
+from mai_ops.dev.embedded import read_outbox
+from mai_ops.infra.storage import FROZEN_MANIFEST, get_json
 
 from .conftest import PROJECT
 from .conftest import REHEARSAL as MAI2021
@@ -66,7 +66,7 @@ def test_final_collection_then_scoring_with_a_rescore_form(
 
     scoring = bag.dags["mai2021__scoring"]
     assert _state(scoring.test(run_conf={"track": "learned_isp", "team": "cobalt"})) == "success"
-    from mai_ops.storage import list_objects
+    from mai_ops.infra.storage import list_objects
 
     scored = sorted(o["Key"] for o in list_objects(s3, CH.buckets.results, "scores/"))
     assert scored == ["scores/learned_isp/cobalt.json"]
@@ -80,7 +80,7 @@ def test_the_scheduler_timetable_walks_the_whole_timeline(bag):
     """The scheduler's own next_dagrun_info, from the start, gives every instant in order."""
     from airflow.timetables.base import TimeRestriction
 
-    from mai_ops.timeline import phase_instants
+    from mai_ops.challenge.timeline import phase_instants
 
     for phase, instants in phase_instants(CH).items():
         if not instants:  # set off by an asset (scoring, uploads), not by dates

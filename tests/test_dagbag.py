@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from mai_ops.config import load_challenge
-from mai_ops.timeline import phase_instants
+from mai_ops.challenge.config import load_challenge
+from mai_ops.challenge.timeline import phase_instants
 
 from .conftest import CHALLENGES, MAI2021, PROJECT
 

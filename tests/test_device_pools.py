@@ -1,6 +1,6 @@
 """One device, one benchmark at a time: pools through the real scheduler.
 
-A small challenge with two phones is run by ``python -m mai_ops.stack`` (the real
+A small challenge with two phones is run by ``python -m mai_ops.dev.stack`` (the real
 scheduler, LocalExecutor, the local S3 server). No phone exists here, so the phones
 are the stand-in `adb` (tests/fixtures/adb_standin), whose `benchmark_model` takes
 a few seconds and replays a recorded output. The scoring DAG maps two submissions
@@ -24,11 +24,11 @@ import zipfile
 import pytest
 import yaml
 
-from mai_ops.config import Device, load_challenge
-from mai_ops.devices import device_pools, pool_name
-from mai_ops.embedded import free_port, s3_client
-from mai_ops.reference_models import build_reference_tflite
-from mai_ops.stack import spawn
+from mai_ops.challenge.config import Device, load_challenge
+from mai_ops.dev.embedded import free_port, s3_client
+from mai_ops.dev.reference_models import build_reference_tflite
+from mai_ops.dev.stack import spawn
+from mai_ops.devices.pools import device_pools, pool_name
 
 from .conftest import PROJECT
 
@@ -168,7 +168,7 @@ def _overlap(a, b) -> bool:
 
 
 def test_standin_phones_one_benchmark_per_phone_through_the_scheduler(pool_stack):
-    from mai_ops import runtime
+    from mai_ops import tasks
 
     port, log = pool_stack["port"], pool_stack["log"]
     _wait(lambda: _api(port, "GET", "/api/v2/pools?limit=100"), "the API", 240, log)
@@ -188,7 +188,7 @@ def test_standin_phones_one_benchmark_per_phone_through_the_scheduler(pool_stack
             Key=f"{track}/final/{team}/s.zip",
             Body=archive.getvalue(),
         )
-    assert runtime.freeze_final(str(challenge_file), s3=s3)["frozen"] == 3
+    assert tasks.freeze_final(str(challenge_file), s3=s3)["frozen"] == 3
 
     dag = "pooltest__scoring"
     _wait(

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mai_ops.metrics import (
+from mai_ops.models.metrics import (
     PSNR_CAP_DB,
     MetricError,
     compute_metric,
@@ -138,7 +138,7 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def challenge():
-    from mai_ops.config import load_challenge
+    from mai_ops.challenge.config import load_challenge
 
     return load_challenge(MAI2021)
 
@@ -350,7 +350,7 @@ def test_broken_inputs():
 
 
 def test_identity_model_reaches_the_psnr_cap(models, challenge):
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     track = challenge.track("denoising")
     images = crops(3)
@@ -366,7 +366,7 @@ def test_identity_model_reaches_the_psnr_cap(models, challenge):
 def test_offset_model_psnr_is_20_db_and_ssim_matches_skimage(models, challenge):
     from skimage.metrics import structural_similarity
 
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     images = crops(3)
     result = evaluate_model(models["offset"], challenge.track("denoising"), images, images)
@@ -390,7 +390,7 @@ def test_offset_model_psnr_is_20_db_and_ssim_matches_skimage(models, challenge):
 def test_uint8_ground_truth_uses_range_255_and_matches_skimage(models, challenge):
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     astronaut, camera, chelsea = _photos()
     clean = [astronaut[50:114, 60:124], chelsea[100:164, 200:264]]
@@ -414,7 +414,7 @@ def test_uint8_ground_truth_uses_range_255_and_matches_skimage(models, challenge
 
 
 def test_int8_model_outputs_are_dequantized_for_float_ground_truth(models, challenge):
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     # Off the uint8 grid, so quantizing the input (scale ~1/255) loses something.
     images = [x * np.float32(0.9) + np.float32(0.0513) for x in crops(2)]
@@ -427,7 +427,7 @@ def test_int8_model_outputs_are_dequantized_for_float_ground_truth(models, chall
 
 
 def test_depth_model_is_scale_invariant(models, challenge):
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     camera = _photos()[1]
     depths = [
@@ -443,7 +443,7 @@ def test_depth_model_is_scale_invariant(models, challenge):
 
 
 def test_classifier_top_k_over_the_set(models, challenge):
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     scores = [
         np.array([0.1, 0.9, 0.0, 0.2, 0.3, 0.4], np.float32),  # label 1: top-1
@@ -460,7 +460,7 @@ def test_classifier_top_k_over_the_set(models, challenge):
 
 
 def test_nan_output_is_a_clear_error(models, challenge):
-    from mai_ops.fidelity import FidelityError, evaluate_model
+    from mai_ops.models.fidelity import FidelityError, evaluate_model
 
     images = crops(2)
     with pytest.raises(FidelityError) as err:
@@ -471,7 +471,7 @@ def test_nan_output_is_a_clear_error(models, challenge):
 
 
 def test_model_failures_have_codes(models, challenge, tmp_path):
-    from mai_ops.fidelity import FidelityError, evaluate_model
+    from mai_ops.models.fidelity import FidelityError, evaluate_model
 
     track = challenge.track("denoising")
     images = crops(1)
@@ -505,7 +505,7 @@ def test_model_failures_have_codes(models, challenge, tmp_path):
     [("SIGSEGV", "crashed", "killed by SIGSEGV"), ("SIGKILL", "memory_exceeded", "out of memory")],
 )
 def test_a_child_killed_by_a_signal(models, challenge, monkeypatch, sig, code, text):
-    from mai_ops import fidelity
+    from mai_ops.models import fidelity
 
     die = f"import os, signal, sys; sys.stdin.read(); os.kill(os.getpid(), signal.{sig})"
     monkeypatch.setattr(fidelity, "child_command", lambda: [sys.executable, "-c", die])
@@ -517,14 +517,14 @@ def test_a_child_killed_by_a_signal(models, challenge, monkeypatch, sig, code, t
 
 
 def test_no_samples_is_an_empty_result(models, challenge):
-    from mai_ops.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model
 
     result = evaluate_model(models["identity"], challenge.track("denoising"), [], [])
     assert (result.metrics, result.count, result.per_sample) == ({}, 0, [])
 
 
 def test_folder_of_pairs(models, challenge, tmp_path):
-    from mai_ops.fidelity import ValidationDataError, evaluate_model
+    from mai_ops.models.fidelity import ValidationDataError, evaluate_model
 
     (tmp_path / "input").mkdir()
     (tmp_path / "gt").mkdir()
@@ -552,7 +552,7 @@ def _put_npy(s3, bucket: str, key: str, array: np.ndarray) -> None:
 
 
 def test_validation_set_from_the_bucket_and_the_score(s3, models, challenge):
-    from mai_ops.fidelity import (
+    from mai_ops.models.fidelity import (
         ValidationDataError,
         evaluate_model,
         load_validation_set,
@@ -589,7 +589,7 @@ def test_validation_set_from_the_bucket_and_the_score(s3, models, challenge):
 
 
 def test_score_from_formula(challenge, caplog):
-    from mai_ops.fidelity import score_from, score_with_reason
+    from mai_ops.models.fidelity import score_from, score_with_reason
 
     isp = challenge.track("learned_isp")
     assert score_from(isp, {"psnr": 23.0, "ssim": 0.9}, 80.0) == pytest.approx(
@@ -616,8 +616,8 @@ def test_score_from_formula(challenge, caplog):
 
 
 def test_score_reads_runtime_s_and_other_measurements(challenge):
-    from mai_ops.config import Score
-    from mai_ops.fidelity import score_with_reason
+    from mai_ops.challenge.config import Score
+    from mai_ops.models.fidelity import score_with_reason
 
     denoising = challenge.track("denoising")
     formula = "2 ** (alpha * psnr) / (C * runtime_s * power)"

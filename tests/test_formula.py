@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mai_ops.formula import FormulaError, evaluate_formula, formula_names, parse_formula
+from mai_ops.challenge.formula import FormulaError, evaluate_formula, formula_names, parse_formula
 
 MAI_SCORE = "2 ** (alpha * psnr) / (C * runtime)"
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops.config import load_challenge
-from mai_ops.intake import (
+from mai_ops.challenge.config import load_challenge
+from mai_ops.challenge.participants import Team
+from mai_ops.submissions.intake import (
     ERROR_CODES,
     PHASES,
     IntakeError,
@@ -38,7 +39,6 @@ from mai_ops.intake import (
     parse_upload_key,
     register_cli,
 )
-from mai_ops.participants import Team
 from tests.conftest import MAI2021, PROJECT
 
 UTC = dt.UTC
@@ -379,7 +379,7 @@ def _with_dates(**dates) -> object:
 
 
 def _parse(text):
-    from mai_ops.dates import parse_event_date
+    from mai_ops.challenge.dates import parse_event_date
 
     return parse_event_date(text)
 
@@ -405,8 +405,8 @@ _BUILD = """
 import sys
 from pathlib import Path
 import tensorflow as tf
-from mai_ops.config import load_challenge
-from mai_ops.reference_models import build_reference_tflite
+from mai_ops.challenge.config import load_challenge
+from mai_ops.dev.reference_models import build_reference_tflite
 
 challenge, out = load_challenge(sys.argv[1]), Path(sys.argv[2])
 for track_id in ("learned_isp", "depth"):
@@ -598,7 +598,8 @@ def test_cli_missing_archive_and_missing_flags_exit_2(tmp_path, capsys):
 
 
 def test_participants_doc_explains_every_code():
-    from mai_ops import archive, intake, model_checks
+    from mai_ops.models import checks as model_checks
+    from mai_ops.submissions import archive, intake
 
     doc = (PROJECT / "docs" / "participants.md").read_text()
     codes = set(archive.ERROR_CODES) | set(intake.ERROR_CODES) | set(model_checks.ERROR_CODES)
@@ -607,7 +608,10 @@ def test_participants_doc_explains_every_code():
 
 
 def test_importing_the_intake_modules_does_not_load_tensorflow():
-    code = "import sys, mai_ops.intake, mai_ops.archive; print('tensorflow' in sys.modules)"
+    code = (
+        "import sys, mai_ops.submissions.intake, mai_ops.submissions.archive; "
+        "print('tensorflow' in sys.modules)"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
     )

@@ -3,7 +3,7 @@
 The models come from ``tests/model_factory.py``, run once in a subprocess (so
 TensorFlow stays out of this process). Each malformed case asserts its error code;
 the passing cases are a float model on a float track and an INT8 model on an INT8
-track, both converted from Keras by ``mai_ops.conversion``.
+track, both converted from Keras by ``mai_ops.models.conversion``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import sys
 
 import pytest
 
-from mai_ops import model_sandbox
-from mai_ops.config import load_challenge
-from mai_ops.conversion import ConversionError, convert_model, representative_dataset
-from mai_ops.model_checks import (
+from mai_ops.challenge.config import load_challenge
+from mai_ops.models import sandbox as model_sandbox
+from mai_ops.models.checks import (
     ERROR_CODES,
     ModelSpec,
     check_model,
@@ -28,7 +27,8 @@ from mai_ops.model_checks import (
     parse_shape,
     register_cli,
 )
-from mai_ops.model_sandbox import SandboxLimits, gpu_warnings
+from mai_ops.models.conversion import ConversionError, convert_model, representative_dataset
+from mai_ops.models.sandbox import SandboxLimits, gpu_warnings
 from tests.conftest import MAI2021, PROJECT
 
 IMAGE = (1, 32, 32, 3)
@@ -317,7 +317,7 @@ def test_child_killed_by_sigkill_is_memory_exceeded(models, monkeypatch):
 def test_mai_ops_modules_import_neither_tensorflow_nor_litert(models):
     code = (
         "import json, sys\n"
-        "import mai_ops.model_checks as mc, mai_ops.conversion, mai_ops.model_sandbox\n"
+        "import mai_ops.models.checks as mc, mai_ops.models.conversion, mai_ops.models.sandbox\n"
         f"spec = mc.ModelSpec(inputs=[({IMAGE!r}, 'float32')])\n"
         f"ok = mc.check_model({str(models['keras_float'])!r}, spec).ok\n"
         "print(json.dumps([ok, 'tensorflow' in sys.modules, 'ai_edge_litert' in sys.modules]))\n"

@@ -12,13 +12,13 @@ import zipfile
 
 import pytest
 
-from mai_ops import runtime
-from mai_ops.config import load_challenge
-from mai_ops.embedded import read_outbox
-from mai_ops.participants import load_teams, parse_participants
-from mai_ops.release import ReleaseError
-from mai_ops.storage import FROZEN_MANIFEST, get_json, list_objects
-from mai_ops.timeline import all_reminders, event_instant
+from mai_ops import tasks
+from mai_ops.challenge.config import load_challenge
+from mai_ops.challenge.participants import load_teams, parse_participants
+from mai_ops.challenge.timeline import all_reminders, event_instant
+from mai_ops.dev.embedded import read_outbox
+from mai_ops.infra.storage import FROZEN_MANIFEST, get_json, list_objects
+from mai_ops.publishing.release import ReleaseError
 
 from .conftest import REHEARSAL as MAI2021
 from .conftest import reference_model
@@ -56,7 +56,7 @@ def upload(s3, track, team, body=None, name="submission.zip"):
 
 def test_release_publishes_files_with_checksums_and_emails_every_team(s3, airflow_connections):
     stage(s3)
-    result = runtime.release_data(MAI2021, TRAIN)
+    result = tasks.release_data(MAI2021, TRAIN)
     manifest = get_json(s3, CH.buckets.public, "releases/train_data_release/manifest.json")
     assert {f["key"] for f in manifest["files"]} == {
         "releases/train_data_release/isp/train_001.npz",
@@ -78,9 +78,9 @@ def test_release_publishes_files_with_checksums_and_emails_every_team(s3, airflo
 
 def test_release_rerun_sends_nothing_twice_and_keeps_the_manifest(s3, airflow_connections):
     stage(s3)
-    runtime.release_data(MAI2021, TRAIN)
+    tasks.release_data(MAI2021, TRAIN)
     first = get_json(s3, CH.buckets.public, "releases/train_data_release/manifest.json")
-    again = runtime.release_data(MAI2021, TRAIN)
+    again = tasks.release_data(MAI2021, TRAIN)
     assert again["sent"] == [] and len(again["already_sent"]) == 3
     assert get_json(s3, CH.buckets.public, "releases/train_data_release/manifest.json") == first
     assert len(read_outbox(airflow_connections.folder)) == 3
@@ -88,25 +88,25 @@ def test_release_rerun_sends_nothing_twice_and_keeps_the_manifest(s3, airflow_co
 
 def test_release_with_nothing_staged_names_the_missing_prefix(s3, airflow_connections):
     with pytest.raises(ReleaseError, match=r"s3://mai2021-organizers/data/train_data_release/"):
-        runtime.release_data(MAI2021, TRAIN)
+        tasks.release_data(MAI2021, TRAIN)
     assert read_outbox(airflow_connections.folder) == []
 
 
 def test_release_at_a_date_that_is_no_event_is_refused(s3, airflow_connections):
     stage(s3)
-    with pytest.raises(runtime.PhaseError, match="trigger with params"):
-        runtime.release_data(MAI2021, TRAIN + dt.timedelta(days=17))
+    with pytest.raises(tasks.PhaseError, match="trigger with params"):
+        tasks.release_data(MAI2021, TRAIN + dt.timedelta(days=17))
 
 
 def test_manual_run_picks_the_latest_event_before_it(s3, airflow_connections):
     stage(s3, "test_data_release", {"isp/test_001.npz": b"x"})
-    result = runtime.release_data(MAI2021, TEST_RELEASE + dt.timedelta(days=2), manual=True)
+    result = tasks.release_data(MAI2021, TEST_RELEASE + dt.timedelta(days=2), manual=True)
     assert result["releases"] == [{"event": "test_data_release", "files": 1}]
 
 
 def test_unknown_event_in_params_is_refused(s3, airflow_connections):
-    with pytest.raises(runtime.PhaseError, match="'final_deadline' is not a release_data event"):
-        runtime.release_data(MAI2021, TRAIN, event="final_deadline")
+    with pytest.raises(tasks.PhaseError, match="'final_deadline' is not a release_data event"):
+        tasks.release_data(MAI2021, TRAIN, event="final_deadline")
 
 
 def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_connections):
@@ -114,7 +114,7 @@ def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_conne
     upload(s3, "learned_isp", "aurora", b"v2", "b.zip")  # later upload wins
     upload(s3, "depth", "borealis")
     upload(s3, "depth", "mallory")  # not registered
-    counts = runtime.freeze_final(MAI2021)
+    counts = tasks.freeze_final(MAI2021)
     manifest = get_json(s3, CH.buckets.results, FROZEN_MANIFEST)
     frozen = {(f["track"], f["team"]): f for f in manifest["frozen"]}
     assert set(frozen) == {("learned_isp", "aurora"), ("depth", "borealis")}
@@ -123,15 +123,15 @@ def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_conne
     assert manifest["rejected"][0]["reason"] == "unknown team 'mallory'"
     assert counts == {"frozen": 2, "missing": 3, "rejected": 1}
     # Same inputs, same manifest, even when frozen again from the bucket.
-    runtime.freeze_final(MAI2021, refreeze=True)
+    tasks.freeze_final(MAI2021, refreeze=True)
     assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == manifest
 
 
 def test_receipts_once_per_team(s3, airflow_connections):
     upload(s3, "learned_isp", "aurora")
-    runtime.freeze_final(MAI2021)
-    runtime.send_receipts(MAI2021)
-    runtime.send_receipts(MAI2021)
+    tasks.freeze_final(MAI2021)
+    tasks.send_receipts(MAI2021)
+    tasks.send_receipts(MAI2021)
     mails = read_outbox(airflow_connections.folder)
     assert sorted(m["To"] for m in mails) == sorted(t.email for t in load_teams(CH, MAI2021))
     aurora = next(m for m in mails if m["To"].startswith("aurora"))
@@ -141,11 +141,11 @@ def test_receipts_once_per_team(s3, airflow_connections):
 def test_scoring_detects_a_frozen_copy_changed_after_the_freeze(s3, airflow_connections):
     upload(s3, "learned_isp", "aurora")
     upload(s3, "depth", "borealis")
-    runtime.freeze_final(MAI2021)
-    entries = runtime.list_frozen(MAI2021)
+    tasks.freeze_final(MAI2021)
+    entries = tasks.list_frozen(MAI2021)
     tampered = next(e for e in entries if e["team"] == "borealis")
     s3.put_object(Bucket=CH.buckets.results, Key=tampered["frozen"], Body=b"swapped")
-    records = {e["team"]: runtime.score_submission(MAI2021, e) for e in entries}
+    records = {e["team"]: tasks.score_submission(MAI2021, e) for e in entries}
     assert records["aurora"]["status"] == "verified"
     assert records["borealis"]["status"] == "failed"
     assert records["borealis"]["error"]["code"] == "frozen_copy_changed"
@@ -155,22 +155,22 @@ def test_rescore_filters(s3, airflow_connections):
     upload(s3, "learned_isp", "aurora")
     upload(s3, "learned_isp", "cobalt")
     upload(s3, "depth", "borealis")
-    runtime.freeze_final(MAI2021)
-    assert {e["team"] for e in runtime.list_frozen(MAI2021, "learned_isp")} == {"aurora", "cobalt"}
-    assert [e["team"] for e in runtime.list_frozen(MAI2021, "all", "borealis")] == ["borealis"]
-    with pytest.raises(runtime.PhaseError, match="no track 'isp'"):
-        runtime.list_frozen(MAI2021, "isp")
-    with pytest.raises(runtime.PhaseError, match="team 'nobody' has no frozen submission"):
-        runtime.list_frozen(MAI2021, None, "nobody")
+    tasks.freeze_final(MAI2021)
+    assert {e["team"] for e in tasks.list_frozen(MAI2021, "learned_isp")} == {"aurora", "cobalt"}
+    assert [e["team"] for e in tasks.list_frozen(MAI2021, "all", "borealis")] == ["borealis"]
+    with pytest.raises(tasks.PhaseError, match="no track 'isp'"):
+        tasks.list_frozen(MAI2021, "isp")
+    with pytest.raises(tasks.PhaseError, match="team 'nobody' has no frozen submission"):
+        tasks.list_frozen(MAI2021, None, "nobody")
 
 
 def test_preliminary_results_published_and_mailed_once(s3, airflow_connections):
     upload(s3, "learned_isp", "aurora")
-    runtime.freeze_final(MAI2021)
-    for entry in runtime.list_frozen(MAI2021):
-        runtime.score_submission(MAI2021, entry)
-    runtime.publish_preliminary_results(MAI2021)
-    runtime.publish_preliminary_results(MAI2021)
+    tasks.freeze_final(MAI2021)
+    for entry in tasks.list_frozen(MAI2021):
+        tasks.score_submission(MAI2021, entry)
+    tasks.publish_preliminary_results(MAI2021)
+    tasks.publish_preliminary_results(MAI2021)
     table = get_json(s3, CH.buckets.public, "results/preliminary.json")
     assert [(r["track"], r["team"], r["status"]) for r in table["results"]] == [
         ("learned_isp", "aurora", "verified")
@@ -183,15 +183,15 @@ def test_preliminary_results_published_and_mailed_once(s3, airflow_connections):
 
 def test_reminders_at_their_instants(s3, airflow_connections):
     seven_days_before_final = reminder("final_deadline-7d")
-    result = runtime.send_reminders(MAI2021, seven_days_before_final)
+    result = tasks.send_reminders(MAI2021, seven_days_before_final)
     assert result["reminders"] == ["final_deadline-7d"]
     subjects = {m["Subject"] for m in read_outbox(airflow_connections.folder)}
     assert subjects == {
         f"[{CH.title}] Reminder: "
         "Final models / reconstruction results submission deadline in 7 days"
     }
-    with pytest.raises(runtime.PhaseError, match="no reminder"):
-        runtime.send_reminders(MAI2021, TEST_RELEASE + dt.timedelta(hours=1))
+    with pytest.raises(tasks.PhaseError, match="no reminder"):
+        tasks.send_reminders(MAI2021, TEST_RELEASE + dt.timedelta(hours=1))
 
 
 @pytest.mark.parametrize(
@@ -233,24 +233,24 @@ def test_a_failing_smtp_server_leaves_no_marker_so_a_retry_sends(s3, airflow_con
     stage(s3)
     airflow_connections.stop()  # the relay is down
     with pytest.raises(OSError):
-        runtime.release_data(MAI2021, TRAIN)
+        tasks.release_data(MAI2021, TRAIN)
     markers = list(list_objects(s3, CH.buckets.results, "notifications/"))
     assert markers == []
     airflow_connections.start()  # back up on the same port: the cleared task succeeds
-    assert len(runtime.release_data(MAI2021, TRAIN)["sent"]) == 3
+    assert len(tasks.release_data(MAI2021, TRAIN)["sent"]) == 3
 
 
 def test_manual_reminder_run_sends_the_latest_due_reminders(s3, airflow_connections):
     later = at("paper_deadline") + dt.timedelta(days=2)  # after paper-1d, before final-1d
-    result = runtime.send_reminders(MAI2021, later, manual=True)
+    result = tasks.send_reminders(MAI2021, later, manual=True)
     assert result["reminders"] == ["paper_deadline-1d"]
 
 
 def test_scoring_benchmarks_the_runtime_model_on_the_track_device(s3, airflow_connections):
     upload(s3, "depth", "borealis")
-    runtime.freeze_final(MAI2021)
-    (entry,) = runtime.list_frozen(MAI2021)
-    record = runtime.score_submission(MAI2021, entry)
+    tasks.freeze_final(MAI2021)
+    (entry,) = tasks.list_frozen(MAI2021)
+    record = tasks.score_submission(MAI2021, entry)
     assert record["status"] == "verified", record["error"]
     assert record["stages"] == ["integrity", "checks", "benchmark"]
     assert record["runtime_ms"] == record["runtime"]["median_ms"]
@@ -271,10 +271,8 @@ def test_a_broken_model_gets_a_failed_record_and_the_rest_are_scored(
 ):
     upload(s3, "depth", "borealis", body)
     upload(s3, "learned_isp", "aurora")
-    runtime.freeze_final(MAI2021)
-    records = {
-        e["team"]: runtime.score_submission(MAI2021, e) for e in runtime.list_frozen(MAI2021)
-    }
+    tasks.freeze_final(MAI2021)
+    records = {e["team"]: tasks.score_submission(MAI2021, e) for e in tasks.list_frozen(MAI2021)}
     assert records["borealis"]["status"] == "failed"
     assert records["borealis"]["error"]["code"] == code
     assert records["aurora"]["status"] == "verified"
@@ -287,9 +285,9 @@ def test_an_archive_without_model_is_a_failed_record(s3, airflow_connections):
     s3.put_object(
         Bucket=CH.buckets.submissions, Key="depth/final/borealis/s.zip", Body=archive.getvalue()
     )
-    runtime.freeze_final(MAI2021)
-    (entry,) = runtime.list_frozen(MAI2021)
-    record = runtime.score_submission(MAI2021, entry)
+    tasks.freeze_final(MAI2021)
+    (entry,) = tasks.list_frozen(MAI2021)
+    record = tasks.score_submission(MAI2021, entry)
     assert record["status"] == "failed" and record["error"]["code"] == "missing_model"
     assert "no model.tflite" in record["error"]["message"]
 
@@ -298,26 +296,26 @@ def test_scoring_before_the_freeze_says_so(s3, airflow_connections):
     from mai_ops.errors import NeedsOrganizer
 
     with pytest.raises(NeedsOrganizer, match="no frozen final set.*run the final collection first"):
-        runtime.list_frozen(MAI2021)
+        tasks.list_frozen(MAI2021)
 
 
 def test_a_cleared_scoring_task_keeps_the_stored_result_unless_rescored(s3, airflow_connections):
     upload(s3, "depth", "borealis")
-    runtime.freeze_final(MAI2021)
-    (entry,) = runtime.list_frozen(MAI2021)
-    first = runtime.score_submission(MAI2021, entry)
-    assert runtime.score_submission(MAI2021, entry) == first  # same stored result
-    again = runtime.score_submission(MAI2021, entry, force=True)  # a re-score measures anew
+    tasks.freeze_final(MAI2021)
+    (entry,) = tasks.list_frozen(MAI2021)
+    first = tasks.score_submission(MAI2021, entry)
+    assert tasks.score_submission(MAI2021, entry) == first  # same stored result
+    again = tasks.score_submission(MAI2021, entry, force=True)  # a re-score measures anew
     assert again["status"] == "verified" and again["runtime"] != first["runtime"]
 
 
 def test_the_final_set_is_frozen_once_unless_refrozen(s3, airflow_connections):
     upload(s3, "depth", "borealis")
-    runtime.freeze_final(MAI2021)
+    tasks.freeze_final(MAI2021)
     first = get_json(s3, CH.buckets.results, FROZEN_MANIFEST)
     upload(s3, "learned_isp", "aurora")  # arrives after the freeze
-    runtime.freeze_final(MAI2021)
+    tasks.freeze_final(MAI2021)
     assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == first
-    runtime.freeze_final(MAI2021, refreeze=True)
+    tasks.freeze_final(MAI2021, refreeze=True)
     teams = {f["team"] for f in get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["frozen"]}
     assert teams == {"borealis", "aurora"}

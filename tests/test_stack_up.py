@@ -1,6 +1,6 @@
 """``make up`` for real: the stack starts, Airflow lists every phase DAG, Ctrl-C stops it all.
 
-Runs ``python -m mai_ops.stack`` as a separate session with real processes (Airflow
+Runs ``python -m mai_ops.dev.stack`` as a separate session with real processes (Airflow
 standalone, the local S3 and SMTP servers) and talks to it only over HTTP, the way
 an organizer's browser would. The waits are readiness bounds, not speed checks.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mai_ops.embedded import free_port
+from mai_ops.dev.embedded import free_port
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXPECTED_DAGS = {
@@ -89,7 +89,7 @@ def stack(tmp_path_factory):
             [
                 sys.executable,
                 "-m",
-                "mai_ops.stack",
+                "mai_ops.dev.stack",
                 "--port",
                 str(port),
                 "--s3-port",
@@ -178,7 +178,7 @@ def test_an_upload_is_answered_by_email_through_the_queue(stack):
     import zipfile
     from email import message_from_bytes, policy
 
-    from mai_ops.embedded import s3_client
+    from mai_ops.dev.embedded import s3_client
 
     wait_for_health(stack)
     key = "depth/validation/borealis/after-the-deadline.zip"

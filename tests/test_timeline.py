@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from mai_ops.cli import main
-from mai_ops.config import Challenge, load_challenge
-from mai_ops.dates import (
+from mai_ops.challenge.config import Challenge, load_challenge
+from mai_ops.challenge.dates import (
     EventDate,
     local_instant,
     parse_event_date,
@@ -21,13 +20,14 @@ from mai_ops.dates import (
     utc_iso,
     zone,
 )
-from mai_ops.timeline import (
+from mai_ops.challenge.timeline import (
     DagPhase,
     events_at,
     phase_instants,
     reminders_at,
     timeline_rows,
 )
+from mai_ops.cli import main
 
 UTC = dt.UTC
 CHALLENGES = Path(__file__).resolve().parent.parent / "include" / "challenges"
@@ -273,7 +273,7 @@ def test_timeline_rows_for_a_built_challenge() -> None:
     assert rows["camera_ready"]["utc"] is None
 
 
-# --------------------------------------------------------------------------- mai_ops.dates
+# ----------------------------------------------------------------- mai_ops.challenge.dates
 
 LA = "America/Los_Angeles"
 ZURICH = "Europe/Zurich"

@@ -13,11 +13,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from mai_ops import runtime
-from mai_ops.config import load_challenge
-from mai_ops.embedded import read_outbox
-from mai_ops.storage import get_json
-from mai_ops.validation import pending_uploads, record_key
+from mai_ops import tasks
+from mai_ops.challenge.config import load_challenge
+from mai_ops.dev.embedded import read_outbox
+from mai_ops.infra.storage import get_json
+from mai_ops.submissions.validation import pending_uploads, record_key
 
 from .conftest import REHEARSAL as MAI2021
 from .conftest import reference_model
@@ -34,8 +34,8 @@ def put_zip(s3, key: str, members: dict[str, bytes]) -> None:
 
 
 def process_all(s3) -> dict[str, dict]:
-    lanes = runtime.collect_uploads(MAI2021, [], s3=s3)
-    return {key: runtime.validate_upload(MAI2021, key) for keys in lanes.values() for key in keys}
+    lanes = tasks.collect_uploads(MAI2021, [], s3=s3)
+    return {key: tasks.validate_upload(MAI2021, key) for keys in lanes.values() for key in keys}
 
 
 def mail_for(outbox, key: str):
@@ -91,7 +91,7 @@ def test_reprocessing_gives_the_same_record_and_no_second_email(s3, airflow_conn
         "ETag"
     ]
     record = get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip", etag))
-    again = runtime.validate_upload(MAI2021, "depth/validation/borealis/a.zip")
+    again = tasks.validate_upload(MAI2021, "depth/validation/borealis/a.zip")
     assert again == first["depth/validation/borealis/a.zip"]
     assert (
         get_json(s3, CH.buckets.results, record_key("depth/validation/borealis/a.zip", etag))
@@ -129,7 +129,7 @@ def test_announced_and_swept_uploads_are_merged_oldest_first(s3, airflow_connect
             }
         ]
     }
-    lanes = runtime.collect_uploads(MAI2021, [{"from_trigger": True, "payload": payload}], s3=s3)
+    lanes = tasks.collect_uploads(MAI2021, [{"from_trigger": True, "payload": payload}], s3=s3)
     assert lanes["depth"] == [
         "depth/validation/borealis/first-missed.zip",
         "depth/validation/borealis/then-announced.zip",
@@ -137,18 +137,16 @@ def test_announced_and_swept_uploads_are_merged_oldest_first(s3, airflow_connect
 
 
 def test_a_backlog_is_answered_in_bounded_runs(s3, airflow_connections, monkeypatch):
-    import mai_ops.validation
+    import mai_ops.submissions.validation
 
-    monkeypatch.setattr(mai_ops.validation, "MAX_PER_RUN", 2)
+    monkeypatch.setattr(mai_ops.submissions.validation, "MAX_PER_RUN", 2)
     for i in range(3):
         put_zip(s3, f"depth/validation/borealis/{i}.zip", {"readme.txt": str(i).encode()})
-    first = runtime.collect_uploads(MAI2021, [], s3=s3)["depth"]
+    first = tasks.collect_uploads(MAI2021, [], s3=s3)["depth"]
     assert first == ["depth/validation/borealis/0.zip", "depth/validation/borealis/1.zip"]
     for key in first:
-        runtime.validate_upload(MAI2021, key)
-    assert runtime.collect_uploads(MAI2021, [], s3=s3)["depth"] == [
-        "depth/validation/borealis/2.zip"
-    ]
+        tasks.validate_upload(MAI2021, key)
+    assert tasks.collect_uploads(MAI2021, [], s3=s3)["depth"] == ["depth/validation/borealis/2.zip"]
 
 
 def test_validation_score_from_staged_ground_truth(s3, airflow_connections):
@@ -193,7 +191,7 @@ def test_validation_score_from_staged_ground_truth(s3, airflow_connections):
 )
 def test_intake_rejections_are_answered(s3, airflow_connections, key, code):
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
-    result = runtime.validate_upload(MAI2021, key)
+    result = tasks.validate_upload(MAI2021, key)
     assert result["status"] == "rejected" and result["errors"][0]["code"] == code
     assert code in mail_for(airflow_connections.folder, key)
 
@@ -211,27 +209,29 @@ def test_a_reupload_under_the_same_name_is_judged_and_answered_again(s3, airflow
 def test_an_oversized_upload_is_rejected_before_it_is_downloaded(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.intake
+    import mai_ops.submissions.intake
 
-    monkeypatch.setattr(mai_ops.intake, "MAX_UPLOAD_MB", 0.001)  # 1 KB, to keep the test small
+    monkeypatch.setattr(
+        mai_ops.submissions.intake, "MAX_UPLOAD_MB", 0.001
+    )  # 1 KB, to keep the test small
     key = "depth/validation/borealis/huge.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
-    record = runtime.validate_upload(MAI2021, key)
+    record = tasks.validate_upload(MAI2021, key)
     assert record["status"] == "rejected" and record["errors"][0]["code"] == "too_large"
 
 
 def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.validation
+    import mai_ops.submissions.validation
 
     def explode(*args, **kwargs):
         raise RuntimeError("the device caught fire")
 
-    monkeypatch.setattr(mai_ops.validation, "_check_and_measure", explode)
+    monkeypatch.setattr(mai_ops.submissions.validation, "_check_and_measure", explode)
     key = "depth/validation/borealis/boom.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
-    record = runtime.validate_upload(MAI2021, key)
+    record = tasks.validate_upload(MAI2021, key)
     assert record["status"] == "failed"
     assert record["errors"] == [
         {"code": "internal_error", "message": "RuntimeError: the device caught fire"}
@@ -243,20 +243,22 @@ def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
 def test_a_cleared_task_retries_an_upload_that_failed_on_our_side(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.validation
+    import mai_ops.submissions.validation
 
-    real = mai_ops.validation._check_and_measure
+    real = mai_ops.submissions.validation._check_and_measure
 
     def explode(*args, **kwargs):
         raise RuntimeError("injected fault")
 
     key = "depth/validation/borealis/retry.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
-    monkeypatch.setattr(mai_ops.validation, "_check_and_measure", explode)
-    assert runtime.validate_upload(MAI2021, key)["status"] == "failed"
-    monkeypatch.setattr(mai_ops.validation, "_check_and_measure", real)  # the fix is deployed
-    assert runtime.validate_upload(MAI2021, key)["status"] == "ok"  # the organizer clears
-    assert runtime.validate_upload(MAI2021, key)["status"] == "ok"  # and again: no change
+    monkeypatch.setattr(mai_ops.submissions.validation, "_check_and_measure", explode)
+    assert tasks.validate_upload(MAI2021, key)["status"] == "failed"
+    monkeypatch.setattr(
+        mai_ops.submissions.validation, "_check_and_measure", real
+    )  # the fix is deployed
+    assert tasks.validate_upload(MAI2021, key)["status"] == "ok"  # the organizer clears
+    assert tasks.validate_upload(MAI2021, key)["status"] == "ok"  # and again: no change
     subjects = [m["Subject"] for m in read_outbox(airflow_connections.folder)]
     assert len(subjects) == 2 and "failed" in subjects[0] and "ok" in subjects[1]
 
@@ -264,6 +266,6 @@ def test_a_cleared_task_retries_an_upload_that_failed_on_our_side(
 def test_a_submission_failure_is_final_even_when_cleared(s3, airflow_connections):
     key = "depth/validation/borealis/no-model.zip"
     put_zip(s3, key, {"readme.txt": b"no model"})
-    first = runtime.validate_upload(MAI2021, key)
-    assert runtime.validate_upload(MAI2021, key) == first
+    first = tasks.validate_upload(MAI2021, key)
+    assert tasks.validate_upload(MAI2021, key) == first
     assert len(read_outbox(airflow_connections.folder)) == 1

@@ -1,0 +1,462 @@
+"""The challenge definition: one YAML file per challenge, typed and validated.
+
+Organizers write a challenge once and then mostly watch, so every mistake must be
+found when the file loads, and every message names the file and the field path
+(``mai2021.yaml: tracks[2].score.formula: unknown variable 'psrn'``). Structural
+errors come from pydantic; the rules that span fields (dates in order, devices
+and metrics that exist, formulas that only read known variables) are checked
+afterwards so each one can point at the exact field it is about.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mai_ops import PROJECT_ROOT
+from mai_ops.challenge.dates import EventDate, parse_event_date, parse_time_of_day, zone
+from mai_ops.challenge.formula import FormulaError, parse_formula
+from mai_ops.errors import NeedsOrganizer
+from mai_ops.models.metrics import MEASUREMENT_VARIABLES, METRICS
+
+DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
+DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi", "neuron", "npu", "hexagon")
+_ID = r"^[a-z][a-z0-9_]*$"
+# S3 bucket naming rules, the subset that matters for a typo.
+_BUCKET = re.compile(r"^(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class Phase(StrEnum):
+    """What an event on the timeline sets off."""
+
+    RELEASE_DATA = "release_data"
+    VALIDATION_SERVER = "validation_server"
+    FINAL_COLLECTION = "final_collection"
+    PRELIMINARY_RESULTS = "preliminary_results"
+    WORKSHOP_NOTICE = "workshop_notice"
+    NONE = "none"
+
+
+# Events whose phase a challenge cannot run without: an unfixed date here is an error.
+PHASES_NEEDING_A_DATE = frozenset(
+    {
+        Phase.RELEASE_DATA,
+        Phase.VALIDATION_SERVER,
+        Phase.FINAL_COLLECTION,
+        Phase.PRELIMINARY_RESULTS,
+    }
+)
+
+# The challenge's milestones that must come in this order when present.
+ORDERED_MILESTONES = (
+    "train_data_release",
+    "validation_server_online",
+    "test_data_release",
+    "final_deadline",
+    "preliminary_results",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _event_date(value: object) -> EventDate:
+    return value if isinstance(value, EventDate) else parse_event_date(value)
+
+
+def _time(value: object) -> dt.time:
+    return parse_time_of_day(value)
+
+
+EventDateField = Annotated[EventDate, BeforeValidator(_event_date)]
+TimeField = Annotated[dt.time, BeforeValidator(_time)]
+
+
+class Event(_Strict):
+    name: str = Field(pattern=_ID)
+    title: str
+    date: EventDateField
+    time: TimeField | None = None
+    phase: Phase = Phase.NONE
+    remind_days_before: list[Annotated[int, Field(ge=1, le=60)]] = []
+    group: Literal["challenge", "workshop"] = "challenge"
+
+
+class TensorSpec(_Strict):
+    name: str | None = None
+    shape: list[int]
+    dtype: Literal[DTYPES]
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        if not shape:
+            raise ValueError("a tensor needs at least one dimension")
+        bad = [d for d in shape if d == 0 or d < -1]
+        if bad:
+            raise ValueError(f"dimensions must be positive, or -1 for dynamic; got {bad}")
+        return shape
+
+
+class Score(_Strict):
+    formula: str
+    constants: dict[str, float] = {}
+
+    @field_validator("constants")
+    @classmethod
+    def _constant_names(cls, constants: dict[str, float]) -> dict[str, float]:
+        for name in constants:
+            if not name.isidentifier():
+                raise ValueError(f"constant name {name!r} is not an identifier")
+        return constants
+
+
+class SubmissionLimits(_Strict):
+    per_day: int = Field(default=5, ge=1)
+    total: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> SubmissionLimits:
+        if self.total < self.per_day:
+            raise ValueError(f"total ({self.total}) is smaller than per_day ({self.per_day})")
+        return self
+
+
+class Track(_Strict):
+    id: str = Field(pattern=_ID)
+    title: str
+    task: str
+    device: str
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    fidelity_inputs: list[TensorSpec] | None = None
+    quantization: Literal["any", "float", "int8"] = "any"
+    delegate: Literal[DELEGATES] = "cpu"
+    max_model_size_mb: float = Field(default=100.0, gt=0)
+    metrics: list[str] = Field(min_length=1)
+    score: Score
+    limits: SubmissionLimits = SubmissionLimits()
+    # The whole graph must run on the delegate (a partial CPU fallback fails the run).
+    require_full_delegation: bool = False
+
+
+class Device(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    title: str = ""
+    backend: Literal["litert", "adb"] = "litert"
+    threads: int = Field(default=4, ge=1, le=64)
+    delegate: Literal[DELEGATES] = "cpu"
+    serial: str | None = None
+    runs: int = Field(default=50, ge=1)
+    warmup: int = Field(default=5, ge=0)
+    # benchmark_model runs at least `runs` times AND at least this long.
+    min_seconds: float = Field(default=1.0, ge=0)
+    timeout_s: int = Field(default=600, ge=10)
+    memory_mb: int = Field(default=4096, ge=64)
+    nnapi_accelerator: str | None = None
+    benchmark_binary: str = "/data/local/tmp/benchmark_model"
+
+    @model_validator(mode="after")
+    def _adb_needs_serial(self) -> Device:
+        if self.backend == "adb" and not self.serial:
+            raise ValueError("an adb device needs its 'serial' (as `adb devices` lists it)")
+        return self
+
+
+class Participants(_Strict):
+    source: Literal["file", "s3"] = "file"
+    path: str
+
+
+class Buckets(_Strict):
+    organizers: str
+    submissions: str
+    public: str
+    results: str
+
+    @field_validator("*")
+    @classmethod
+    def _bucket_name(cls, name: str) -> str:
+        if not _BUCKET.match(name) or ".." in name:
+            raise ValueError(
+                f"{name!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
+            )
+        return name
+
+
+class Challenge(_Strict):
+    id: str = Field(pattern=_ID)
+    title: str
+    timezone: str = "America/Los_Angeles"
+    deadline_time: TimeField = dt.time(17, 0)
+    organizers: list[str] = []
+    timeline: list[Event] = Field(min_length=1)
+    devices: list[Device] = []
+    tracks: list[Track] = []
+    participants: Participants | None = None
+    buckets: Buckets | None = None
+    # SQS queue the submissions bucket notifies on each upload (validation server).
+    uploads_queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,80}$")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        zone(name)
+        return name
+
+    def event(self, name: str) -> Event:
+        for event in self.timeline:
+            if event.name == name:
+                return event
+        raise KeyError(f"challenge {self.id} has no event {name!r}")
+
+    def track(self, track_id: str) -> Track:
+        for track in self.tracks:
+            if track.id == track_id:
+                return track
+        raise KeyError(f"challenge {self.id} has no track {track_id!r}")
+
+    def device(self, name: str) -> Device:
+        for device in self.devices:
+            if device.name == name:
+                return device
+        raise KeyError(f"challenge {self.id} has no device {name!r}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about a config file: where it is, what is wrong, and how bad."""
+
+    file: str
+    field: str
+    message: str
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.field}" if self.field else self.file
+        return f"{where}: {self.severity}: {self.message}"
+
+
+class ChallengeConfigError(NeedsOrganizer, ValueError):
+    """A challenge file that cannot be used; ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """("tracks", 2, "score", "formula") -> "tracks[2].score.formula"."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-") or str(part).startswith("literal["):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def read_challenge(path: str | Path) -> tuple[Challenge | None, list[Problem]]:
+    """Load and check one file; return the challenge (None when unusable) and all findings."""
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_DatesAsTextLoader)  # noqa: S506
+    except FileNotFoundError:
+        return None, [Problem(name, "", "file not found")]
+    except OSError as exc:
+        return None, [Problem(name, "", f"cannot read: {exc.strerror or exc}")]
+    except UnicodeDecodeError as exc:
+        return None, [Problem(name, "", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        return None, [Problem(name, where, f"not valid YAML: {reason}")]
+    if not isinstance(raw, dict):
+        return None, [Problem(name, "", "expected a mapping of challenge fields at the top")]
+    try:
+        challenge = Challenge.model_validate(raw)
+    except ValidationError as exc:
+        return None, [
+            Problem(name, field_path(err["loc"]), _pydantic_message(err))
+            for err in exc.errors(include_url=False)
+        ]
+    return challenge, semantic_problems(challenge, name)
+
+
+class _DatesAsTextLoader(yaml.SafeLoader):
+    """Safe YAML that keeps dates as text, so 2021-02-30 is reported, not a crash.
+
+    PyYAML turns an unquoted date into ``datetime.date`` and raises a bare ValueError
+    on an impossible one; the schema parses the text itself and names the field.
+    """
+
+
+_DatesAsTextLoader.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
+
+
+def load_challenge(path: str | Path) -> Challenge:
+    """The challenge in ``path``; raises :class:`ChallengeConfigError` on any error."""
+    challenge, problems = read_challenge(path)
+    errors = [p for p in problems if p.severity == "error"]
+    if challenge is None or errors:
+        raise ChallengeConfigError(errors)
+    return challenge
+
+
+def _pydantic_message(err: dict[str, Any]) -> str:
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling)"
+    return msg
+
+
+def semantic_problems(ch: Challenge, file: str) -> list[Problem]:
+    """Rules that span fields; each finding points at the field it is about."""
+    problems: list[Problem] = []
+
+    def error(field: str, message: str) -> None:
+        problems.append(Problem(file, field, message))
+
+    def warn(field: str, message: str) -> None:
+        problems.append(Problem(file, field, message, "warning"))
+
+    for field, items, key in (
+        ("timeline", ch.timeline, "name"),
+        ("tracks", ch.tracks, "id"),
+        ("devices", ch.devices, "name"),
+    ):
+        first_at: dict[str, int] = {}
+        for i, item in enumerate(items):
+            value = getattr(item, key)
+            if value in first_at:
+                error(
+                    f"{field}[{i}].{key}",
+                    f"duplicate {key} {value!r} (first at {field}[{first_at[value]}])",
+                )
+            else:
+                first_at[value] = i
+
+    for i, event in enumerate(ch.timeline):
+        if event.date.fixed:
+            continue
+        if event.phase in PHASES_NEEDING_A_DATE:
+            error(
+                f"timeline[{i}].date",
+                f"event {event.name!r} starts the {event.phase} phase but its date "
+                f"({event.date.text()}) is not fixed; fix the date before deploying",
+            )
+        else:
+            warn(
+                f"timeline[{i}].date",
+                f"event {event.name!r} has no fixed date yet ({event.date.text()}); "
+                "nothing is scheduled for it",
+            )
+
+    index = {e.name: i for i, e in enumerate(ch.timeline)}
+    milestones = [(name, ch.timeline[index[name]]) for name in ORDERED_MILESTONES if name in index]
+    fixed = [(n, e) for n, e in milestones if e.date.fixed]
+    for (prev_name, prev), (name, event) in zip(fixed, fixed[1:], strict=False):
+        if _when(ch, event) <= _when(ch, prev):
+            error(
+                f"timeline[{index[name]}].date",
+                f"{name} ({event.date.text()}) must come after {prev_name} ({prev.date.text()})",
+            )
+
+    devices = {d.name for d in ch.devices}
+    for i, track in enumerate(ch.tracks):
+        if track.device not in devices:
+            declared = ", ".join(sorted(devices)) or "none"
+            error(f"tracks[{i}].device", f"unknown device {track.device!r}; declared: {declared}")
+        for j, metric in enumerate(track.metrics):
+            if metric not in METRICS:
+                error(
+                    f"tracks[{i}].metrics[{j}]",
+                    f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}",
+                )
+        clash = set(track.score.constants) & (set(METRICS) | set(MEASUREMENT_VARIABLES))
+        if clash:
+            error(
+                f"tracks[{i}].score.constants",
+                f"constant(s) {', '.join(sorted(clash))} shadow a metric or measurement",
+            )
+        known = set(track.metrics) | set(MEASUREMENT_VARIABLES) | set(track.score.constants)
+        try:
+            parse_formula(track.score.formula, known)
+        except FormulaError as exc:
+            error(f"tracks[{i}].score.formula", str(exc))
+
+    needs_storage = ch.tracks or any(
+        e.phase in PHASES_NEEDING_A_DATE or e.phase == Phase.WORKSHOP_NOTICE for e in ch.timeline
+    )
+    if needs_storage and ch.buckets is None:
+        error("buckets", "the timeline has phases that publish or collect; name the buckets")
+    if needs_storage and ch.participants is None:
+        error("participants", "the timeline sends notices; say where the registered teams are")
+    if any(e.phase == Phase.FINAL_COLLECTION for e in ch.timeline) and not ch.tracks:
+        error("tracks", "a final_collection event needs at least one track to collect")
+    return problems
+
+
+def _when(ch: Challenge, event: Event) -> dt.datetime:
+    time = event.time or ch.deadline_time
+    return dt.datetime.combine(event.date.as_date(), time, tzinfo=zone(ch.timezone))
+
+
+def default_challenges_dir() -> Path:
+    """The folder of challenge files: ``MAI_OPS_CHALLENGES_DIR`` or the project's include/."""
+    env = os.environ.get("MAI_OPS_CHALLENGES_DIR")
+    if env:
+        return Path(env)
+    return PROJECT_ROOT / "include" / "challenges"
+
+
+def challenge_files(directory: str | Path | None = None) -> list[Path]:
+    directory = Path(directory) if directory else default_challenges_dir()
+    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in {".yaml", ".yml"})
+
+
+def validate_files(paths: list[Path]) -> list[Problem]:
+    """Every finding across ``paths``, including a challenge id used by two files."""
+    problems: list[Problem] = []
+    seen: dict[str, Path] = {}
+    for path in paths:
+        challenge, found = read_challenge(path)
+        problems.extend(found)
+        if challenge is None:
+            continue
+        if challenge.id in seen:
+            problems.append(
+                Problem(
+                    str(path),
+                    "id",
+                    f"challenge id {challenge.id!r} is also used by {seen[challenge.id]}",
+                )
+            )
+        else:
+            seen[challenge.id] = path
+    return problems

@@ -1,0 +1,94 @@
+"""Data release: publish the organizers' files for an event to participants.
+
+Files under ``data/<event>/`` in the organizers' bucket are copied to
+``releases/<event>/`` in the public bucket with a sha256 manifest and a
+``SHA256SUMS`` file, and every registered team gets time-limited download links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mai_ops.challenge.config import Challenge, Event
+from mai_ops.challenge.participants import Team
+from mai_ops.errors import NeedsOrganizer
+from mai_ops.infra.storage import (
+    copy_if_changed,
+    data_prefix,
+    list_objects,
+    put_json,
+    release_prefix,
+)
+from mai_ops.notify.ledger import Notice
+
+DEFAULT_LINK_TTL_S = 7 * 24 * 3600
+
+
+class ReleaseError(NeedsOrganizer):
+    """The release cannot happen as configured (e.g. nothing staged to publish)."""
+
+
+def publish_release(s3: Any, challenge: Challenge, event: Event) -> dict:
+    """Copy the staged files to the public bucket; return the manifest (also stored)."""
+    buckets = challenge.buckets
+    src = data_prefix(event.name)
+    staged = sorted(
+        (obj for obj in list_objects(s3, buckets.organizers, src) if not obj["Key"].endswith("/")),
+        key=lambda o: o["Key"],
+    )
+    if not staged:
+        raise ReleaseError(
+            f"nothing to release for {event.name}: no files under s3://{buckets.organizers}/{src}; "
+            "upload the data there and clear this task"
+        )
+    dst = release_prefix(event.name)
+    files = []
+    for obj in staged:
+        relative = obj["Key"][len(src) :]
+        digest = copy_if_changed(s3, buckets.organizers, obj["Key"], buckets.public, dst + relative)
+        files.append({"key": dst + relative, "size": obj["Size"], "sha256": digest})
+    manifest = {
+        "challenge": challenge.id,
+        "event": event.name,
+        "title": event.title,
+        "files": files,
+    }
+    put_json(s3, buckets.public, dst + "manifest.json", manifest)
+    sums = "".join(f"{f['sha256']}  {f['key'][len(dst) :]}\n" for f in files)
+    s3.put_object(Bucket=buckets.public, Key=dst + "SHA256SUMS", Body=sums.encode())
+    return manifest
+
+
+def release_notices(
+    s3: Any,
+    challenge: Challenge,
+    event: Event,
+    manifest: dict,
+    teams: list[Team],
+    link_ttl_s: int = DEFAULT_LINK_TTL_S,
+) -> list[Notice]:
+    """One email per team with presigned links valid for ``link_ttl_s`` seconds."""
+    lines = []
+    for f in manifest["files"]:
+        url = s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": challenge.buckets.public, "Key": f["key"]},
+            ExpiresIn=link_ttl_s,
+        )
+        lines.append(
+            f"- {f['key'].rsplit('/', 1)[-1]} ({f['size']} bytes)\n  sha256 {f['sha256']}\n  {url}"
+        )
+    days = link_ttl_s / 86400
+    body_files = "\n".join(lines)
+    return [
+        Notice(
+            key=f"{challenge.id}/release/{event.name}/{team.team_id}",
+            to=team.email,
+            subject=f"[{challenge.title}] {event.title}",
+            body=(
+                f"Dear {team.name},\n\n{event.title}. Download links (valid {days:g} days):\n\n"
+                f"{body_files}\n\nCheck each file against its sha256 before use.\n"
+            ),
+        )
+        for team in teams
+    ]

@@ -1,0 +1,124 @@
+"""Final collection: freeze every team's final submission at the deadline.
+
+For each track and team, the latest upload under ``<track>/final/<team>/`` in the
+submissions bucket is copied to ``frozen/<track>/<team>/`` in the results bucket,
+with its sha256, and listed in ``frozen/manifest.json``. Uploads the storage
+server received after the deadline instant are rejected as late, with both times.
+Registered teams with no upload are listed as missing, and uploads by unknown
+teams as rejected, so nobody is silently dropped. Keys and manifest depend only
+on what was uploaded, so a re-run reproduces the same manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from mai_ops.challenge.config import Challenge
+from mai_ops.challenge.participants import Team
+from mai_ops.challenge.timeline import event_instant
+from mai_ops.infra.storage import (
+    FROZEN_MANIFEST,
+    copy_if_changed,
+    final_upload_prefix,
+    frozen_key,
+    get_json,
+    list_objects,
+    object_exists,
+    put_json,
+)
+from mai_ops.notify.ledger import Notice
+
+
+def freeze_final_set(
+    s3: Any, challenge: Challenge, teams: list[Team], refreeze: bool = False
+) -> dict:
+    """Freeze once: a stored manifest is the final set, unless ``refreeze`` is asked for."""
+    buckets = challenge.buckets
+    if not refreeze and object_exists(s3, buckets.results, FROZEN_MANIFEST):
+        return get_json(s3, buckets.results, FROZEN_MANIFEST)
+    known = {t.team_id for t in teams}
+    deadline = event_instant(challenge, challenge.event("final_deadline"))
+    frozen, missing, rejected = [], [], []
+    for track in challenge.tracks:
+        uploads_by_team: dict[str, list[dict]] = {}
+        for obj in list_objects(s3, buckets.submissions, f"{track.id}/final/"):
+            parts = obj["Key"].split("/")
+            if len(parts) < 4 or not parts[-1]:
+                rejected.append({"key": obj["Key"], "reason": "not under <track>/final/<team>/"})
+                continue
+            uploaded = obj["LastModified"].astimezone(dt.UTC)
+            if deadline is not None and uploaded > deadline:
+                rejected.append(
+                    {
+                        "key": obj["Key"],
+                        "reason": f"late: the server received it at {uploaded:%Y-%m-%d %H:%M:%S} "
+                        f"UTC, after the deadline {deadline.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} "
+                        f"UTC ({deadline:%Y-%m-%d %H:%M %Z})",
+                    }
+                )
+                continue
+            uploads_by_team.setdefault(parts[2], []).append(obj)
+        for team_id in sorted(uploads_by_team):
+            if team_id not in known:
+                rejected.extend(
+                    {"key": o["Key"], "reason": f"unknown team {team_id!r}"}
+                    for o in uploads_by_team[team_id]
+                )
+                continue
+            latest = max(uploads_by_team[team_id], key=lambda o: (o["LastModified"], o["Key"]))
+            filename = latest["Key"][len(final_upload_prefix(track.id, team_id)) :]
+            dst = frozen_key(track.id, team_id, filename.replace("/", "_"))
+            digest = copy_if_changed(s3, buckets.submissions, latest["Key"], buckets.results, dst)
+            frozen.append(
+                {
+                    "track": track.id,
+                    "team": team_id,
+                    "source": latest["Key"],
+                    "frozen": dst,
+                    "size": latest["Size"],
+                    "sha256": digest,
+                    "uploaded_at": latest["LastModified"].isoformat(),
+                }
+            )
+        for team in teams:
+            if track.id in team.tracks and team.team_id not in uploads_by_team:
+                missing.append({"track": track.id, "team": team.team_id})
+    manifest = {
+        "challenge": challenge.id,
+        "frozen": frozen,
+        "missing": missing,
+        "rejected": rejected,
+    }
+    put_json(s3, buckets.results, FROZEN_MANIFEST, manifest)
+    return manifest
+
+
+def receipt_notices(challenge: Challenge, manifest: dict, teams: list[Team]) -> list[Notice]:
+    """A receipt per team: what was frozen (with sha256) and what is missing."""
+    notices = []
+    for team in teams:
+        mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
+        gaps = [m["track"] for m in manifest["missing"] if m["team"] == team.team_id]
+        if (
+            not mine
+            and not gaps
+            and not any(f"/final/{team.team_id}/" in r["key"] for r in manifest["rejected"])
+        ):
+            continue
+        lines = [f"- {f['track']}: {f['source']} sha256 {f['sha256']}" for f in mine]
+        lines += [f"- {track}: NO final submission received" for track in gaps]
+        late = [r for r in manifest["rejected"] if f"/final/{team.team_id}/" in r["key"]]
+        lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
+        notices.append(
+            Notice(
+                key=f"{challenge.id}/final_receipt/{team.team_id}",
+                to=team.email,
+                subject=f"[{challenge.title}] Final submission receipt",
+                body=(
+                    f"Dear {team.name},\n\nThe final submission deadline has passed. "
+                    "Frozen for scoring:\n\n" + "\n".join(lines) + "\n"
+                ),
+            )
+        )
+    return notices

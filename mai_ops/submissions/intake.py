@@ -1,0 +1,675 @@
+"""The rules for a participant's upload, and the full check of a submission archive.
+
+Two halves, both pure (no Airflow, no network; the S3 and DAG glue call them):
+
+- :func:`judge_upload` decides whether an object that appeared in the submissions
+  bucket is a submission we process, from its key, size, server timestamp and
+  sha256, the challenge, the registered teams and the earlier uploads. A refusal is
+  an :class:`IntakeError` with a stable ``code`` (:data:`ERROR_CODES`) and a
+  ``message`` the team reads in its reply email.
+- :func:`check_submission` unpacks an accepted archive safely
+  (:mod:`mai_ops.submissions.archive`), converts a SavedModel / Keras model to TFLite in a child
+  process (:mod:`mai_ops.models.conversion`) when there is no ``model.tflite``, and runs the
+  conversion checks (:mod:`mai_ops.models.checks`) on ``model.tflite`` and, when the
+  track has a fidelity model, on ``model_none.tflite``.
+
+The key layout is ``<track>/<phase>/<team>/<filename>`` in the challenge's
+submissions bucket, ``phase`` being ``validation`` or ``final``.
+
+Decisions (docs/participants.md explains them to teams):
+
+- Rules run in this order and the first that fails is reported: ``bad_key``,
+  ``unknown_track``, ``unknown_phase``, ``unknown_team``, ``not_registered``,
+  ``phase_not_open``, ``late``, ``not_zip_name``, ``too_large``, ``duplicate``,
+  ``over_total_limit``, ``over_daily_limit``.
+- Time is the storage server's timestamp of the upload (S3 ``LastModified``), never
+  the clock of the machine judging it; a naive datetime is taken as UTC.
+- Opening: the validation phase opens at ``validation_server_online``; the final phase
+  at ``test_data_release`` (the final results need the test inputs), or at
+  ``validation_server_online`` when the timeline has no test data release. Before that
+  instant: ``phase_not_open`` (also when the event has no fixed date yet).
+- Closing: both phases close at ``final_deadline``. An upload stamped exactly at the
+  deadline instant is on time; one microsecond later is ``late``. A deadline whose date
+  is not fixed yet closes nothing.
+- Limits (the track's ``limits.per_day`` and ``limits.total``, counted separately per
+  track and phase, per team): only the team's EARLIER uploads count, ordered by
+  ``(uploaded_at, key)``, and only those whose status is ``"ok"`` (checks passed).
+  Failed checks and rejected uploads do not use the quota, as on Codalab/Codabench.
+  The day is the UTC calendar day of ``uploaded_at`` (Codalab's); the message gives the
+  next reset in UTC and in the challenge's zone.
+- Duplicates: the same sha256 as an earlier upload of the same team, track and phase
+  whose status is ``"ok"`` or ``"failed"`` (the same bytes give the same result); a
+  rejected upload may be sent again unchanged. The message names the latest such key.
+- Determinism: the decision depends only on (upload, challenge, teams, history); the
+  upload's own record in ``history`` (same key and time) is not "earlier", and
+  records later than the upload are ignored, so re-judging gives the same answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mai_ops.challenge.config import Challenge, Track
+from mai_ops.challenge.dates import zone
+from mai_ops.challenge.participants import Team
+from mai_ops.challenge.timeline import event_instant
+from mai_ops.models.checks import ModelSpec, check_model
+from mai_ops.models.sandbox import SandboxLimits
+from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_submission
+
+PHASES = ("validation", "final")
+STATUSES = ("ok", "failed", "rejected")
+_MB = 1024 * 1024
+MAX_UPLOAD_MB = ArchiveLimits().max_total_mb
+
+# Every code the intake rules and check_submission add themselves; the archive's
+# codes (archive.ERROR_CODES) and the model checks' (checks.ERROR_CODES) pass through.
+ERROR_CODES: dict[str, str] = {
+    "bad_key": "the upload is not at <track>/<phase>/<team>/<file>.zip",
+    "unknown_track": "the key's track is not a track of the challenge",
+    "unknown_phase": "the key's phase is not 'validation' or 'final'",
+    "unknown_team": "the key's team is not a registered team",
+    "not_registered": "the team is not registered for this track",
+    "phase_not_open": "the phase has not opened yet",
+    "late": "uploaded after the final deadline (server timestamp)",
+    "not_zip_name": "the file name does not end with .zip",
+    "too_large": "the upload is larger than the archive size limit",
+    "duplicate": "identical (sha256) to an earlier upload whose checks ran",
+    "over_total_limit": "the team used all its submissions for this track and phase",
+    "over_daily_limit": "the team used all its submissions for this track and phase today (UTC)",
+    "conversion_failed": "the SavedModel / Keras model could not be converted to TFLite",
+}
+
+
+class IntakeError(Exception):
+    """An upload refused; ``path`` is the parsed key when it could be parsed."""
+
+    def __init__(self, code: str, message: str, path: UploadPath | None = None):
+        assert code in ERROR_CODES, code
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An object in the submissions bucket: its key, size, server timestamp, sha256."""
+
+    key: str
+    size: int
+    uploaded_at: dt.datetime
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PastUpload:
+    """An earlier upload and what became of it: ``ok``, ``failed`` or ``rejected``."""
+
+    key: str
+    track: str
+    phase: str
+    team: str
+    uploaded_at: dt.datetime
+    sha256: str
+    status: str
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
+
+
+@dataclass(frozen=True)
+class UploadPath:
+    track: str
+    phase: str
+    team: str
+    filename: str
+
+
+def parse_upload_key(key: str) -> UploadPath:
+    """``"<track>/<phase>/<team>/<filename>"`` -> its parts; ``bad_key`` otherwise."""
+    parts = key.split("/")
+    shown = repr(key)
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise IntakeError("bad_key", f"the upload key {shown} has control characters")
+    if len(parts) != 4 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise IntakeError(
+            "bad_key",
+            f"the upload key {shown} is not of the form <track>/<phase>/<team>/<file>.zip "
+            "(for example learned_isp/validation/your_team/submission.zip)",
+        )
+    return UploadPath(*parts)
+
+
+def judge_upload(
+    upload: Upload, challenge: Challenge, teams: list[Team], history: list[PastUpload]
+) -> UploadPath:
+    """The upload's parsed key when it is a submission to process; raises IntakeError."""
+    path = parse_upload_key(upload.key)
+
+    def refuse(code: str, message: str) -> IntakeError:
+        return IntakeError(code, message, path)
+
+    try:
+        track = challenge.track(path.track)
+    except KeyError:
+        known = ", ".join(t.id for t in challenge.tracks) or "none"
+        raise refuse(
+            "unknown_track",
+            f"{challenge.title} has no track {path.track!r}; the tracks are: {known}",
+        ) from None
+    if path.phase not in PHASES:
+        raise refuse(
+            "unknown_phase",
+            f"{path.phase!r} is not a phase; upload to {path.track}/validation/{path.team}/ "
+            f"during the validation phase or {path.track}/final/{path.team}/ for the final "
+            "submission",
+        )
+    team = next((t for t in teams if t.team_id == path.team), None)
+    if team is None:
+        raise refuse(
+            "unknown_team",
+            f"{path.team!r} is not a registered team of {challenge.title}; the folder after "
+            "the phase must be your team id exactly as in your registration email",
+        )
+    if team.tracks and track.id not in team.tracks:
+        raise refuse(
+            "not_registered",
+            f"team {team.team_id} is not registered for the {track.title} track ({track.id}); "
+            f"it is registered for: {', '.join(team.tracks)}",
+        )
+
+    at = _utc(upload.uploaded_at)
+    opens_event, opens = _opening(challenge, path.phase)
+    if opens is None:
+        raise refuse(
+            "phase_not_open",
+            f"the {path.phase} phase has no opening date yet ({opens_event} is not fixed); "
+            "you will be told when it opens",
+        )
+    if at < opens:
+        raise refuse(
+            "phase_not_open",
+            f"uploaded at {_both(at, challenge)}, before the {path.phase} phase opens at "
+            f"{_both(opens, challenge)} ({opens_event})",
+        )
+    deadline = _instant(challenge, "final_deadline")
+    if deadline is not None and at > deadline:
+        what = "the validation server closed" if path.phase == "validation" else "the deadline"
+        raise refuse(
+            "late",
+            f"uploaded at {_both(at, challenge)} according to the storage server's timestamp, "
+            f"after the final deadline {_both(deadline, challenge)}; {what} at that instant",
+        )
+
+    if not path.filename.lower().endswith(".zip"):
+        raise refuse(
+            "not_zip_name",
+            f"{path.filename!r} is not a .zip file; upload one .zip archive holding "
+            "model.tflite (and optionally model_none.tflite, results, fact sheet, readme)",
+        )
+    if upload.size > MAX_UPLOAD_MB * _MB:
+        raise refuse(
+            "too_large",
+            f"the upload is {upload.size / _MB:.1f} MB, over the limit of {MAX_UPLOAD_MB:g} MB",
+        )
+
+    order = (at, upload.key)
+    earlier = sorted(
+        (
+            h
+            for h in history
+            if h.team == path.team
+            and h.track == path.track
+            and h.phase == path.phase
+            and (_utc(h.uploaded_at), h.key) < order
+        ),
+        key=lambda h: (_utc(h.uploaded_at), h.key),
+    )
+    digest = upload.sha256.strip().lower()
+    same = [
+        h
+        for h in earlier
+        if digest and h.sha256.strip().lower() == digest and h.status in ("ok", "failed")
+    ]
+    if same:
+        prev = same[-1]
+        result = "passed" if prev.status == "ok" else "failed"
+        raise refuse(
+            "duplicate",
+            f"this archive is identical (sha256 {digest[:16]}...) to your earlier upload "
+            f"{prev.key} of {_both(_utc(prev.uploaded_at), challenge)}, whose checks "
+            f"{result}; the same bytes give the same result, so change the submission "
+            "before uploading it again",
+        )
+
+    counted = [h for h in earlier if h.status == "ok"]
+    limits = track.limits
+    if len(counted) >= limits.total:
+        raise refuse(
+            "over_total_limit",
+            f"team {team.team_id} has used all {limits.total} {path.phase} submissions for "
+            f"{track.id} ({len(counted)} passed their checks; failed checks and rejected "
+            "uploads are not counted)",
+        )
+    day = at.date()
+    today = [h for h in counted if _utc(h.uploaded_at).date() == day]
+    if len(today) >= limits.per_day:
+        reset = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
+        raise refuse(
+            "over_daily_limit",
+            f"team {team.team_id} has used all {limits.per_day} {path.phase} submissions for "
+            f"{track.id} on {day.isoformat()} (the UTC day; failed checks and rejected uploads "
+            f"are not counted); the count restarts at {_both(reset, challenge)}",
+        )
+    return path
+
+
+def _utc(instant: dt.datetime) -> dt.datetime:
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        return instant.replace(tzinfo=dt.UTC)
+    return instant.astimezone(dt.UTC)
+
+
+def _instant(challenge: Challenge, name: str) -> dt.datetime | None:
+    try:
+        event = challenge.event(name)
+    except KeyError:
+        return None
+    local = event_instant(challenge, event)
+    return local.astimezone(dt.UTC) if local is not None else None
+
+
+def _opening(challenge: Challenge, phase: str) -> tuple[str, dt.datetime | None]:
+    """The event that opens ``phase`` and its UTC instant (None: not fixed / absent)."""
+    names = ["validation_server_online"]
+    if phase == "final":
+        names.insert(0, "test_data_release")
+    for name in names:
+        try:
+            challenge.event(name)
+        except KeyError:
+            continue
+        return name, _instant(challenge, name)
+    return names[-1], None
+
+
+def _both(instant: dt.datetime, challenge: Challenge) -> str:
+    """``2021-03-21 00:00:01 UTC (2021-03-20 17:00:01 PDT, America/Los_Angeles)``."""
+    utc = instant.astimezone(dt.UTC)
+    local = utc.astimezone(zone(challenge.timezone))
+    return (
+        f"{utc:%Y-%m-%d %H:%M:%S} UTC "
+        f"({local:%Y-%m-%d %H:%M:%S} {local.tzname()}, {challenge.timezone})"
+    )
+
+
+# ---------------------------------------------------------------------------------
+# check_submission: unpack, convert if needed, check the models
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SubmissionReport:
+    """The verdict on one archive; ``as_json()`` is what is stored and mailed."""
+
+    archive: str
+    track: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+    model: dict[str, Any] | None = None  # model.tflite's CheckReport.as_json()
+    model_none: dict[str, Any] | None = None  # model_none.tflite's, when checked
+    files: list[str] = field(default_factory=list)
+    converted_from: str | None = None  # the SavedModel / Keras path, when converted
+    factsheet: str | None = None
+    readme: str | None = None
+    results: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    # Local paths inside ``workdir`` (not in as_json): the runtime model that was
+    # checked (submitted or converted) and the fidelity model, for the benchmark and
+    # fidelity steps that follow. They live as long as the caller's workdir.
+    model_path: str | None = None
+    fidelity_model_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def codes(self) -> list[str]:
+        return [e["code"] for e in self.errors]
+
+    def add(self, code: str, message: str) -> None:
+        self.errors.append({"code": code, "message": message})
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "errors": list(self.errors),
+            "archive": self.archive,
+            "track": self.track,
+            "model": self.model,
+            "model_none": self.model_none,
+            "converted_from": self.converted_from,
+            "files": list(self.files),
+            "factsheet": self.factsheet,
+            "readme": self.readme,
+            "results": list(self.results),
+            "warnings": list(self.warnings),
+        }
+
+
+def check_submission(
+    archive: str | Path,
+    challenge: Challenge,
+    track_id: str,
+    workdir: str | Path,
+    *,
+    limits: ArchiveLimits | None = None,
+    sandbox: SandboxLimits | None = None,
+    representative: str | Path | None = None,
+    conversion_timeout_s: float = 900.0,
+    conversion_memory_mb: int = 16384,
+) -> SubmissionReport:
+    """Unpack ``archive`` into ``workdir``, convert if needed, check the model(s).
+
+    ``workdir`` is scratch space owned by the caller; ``workdir/unpacked`` and
+    ``workdir/converted`` are replaced. ``sandbox``: the model checks' limits.
+    ``representative`` is a ``.npy`` file of N input samples for INT8 conversion
+    (N x the track's input shape without its batch); without it, 8 seeded uniform
+    [0, 1) samples are used.
+    """
+    archive, workdir = Path(archive), Path(workdir)
+    report = SubmissionReport(archive=archive.name, track=track_id)
+    try:
+        track = challenge.track(track_id)
+    except KeyError:
+        known = ", ".join(t.id for t in challenge.tracks) or "none"
+        report.add("unknown_track", f"{challenge.id} has no track {track_id!r} (known: {known})")
+        return report
+
+    unpacked = workdir / "unpacked"
+    converted_dir = workdir / "converted"
+    for folder in (unpacked, converted_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        sub = unpack_submission(archive, unpacked, limits or ArchiveLimits())
+    except ArchiveError as exc:
+        report.add(exc.code, exc.message)
+        return report
+    j = sub.as_json()
+    report.files, report.factsheet, report.readme = j["files"], j["factsheet"], j["readme"]
+    report.results = j["results"]
+    if sub.factsheet is None:
+        report.warnings.append(
+            "no fact sheet (.pdf) in the archive; it is required with the final submission"
+        )
+
+    model, label = sub.model, "model.tflite"
+    if model is None:
+        source = sub.saved_model or sub.keras_model
+        rel = source.relative_to(sub.root).as_posix()
+        rel = ("./" if rel == "." else f"{rel}/") if source.is_dir() else rel
+        report.converted_from = rel
+        if sub.saved_model is not None and sub.keras_model is not None:
+            report.warnings.append(
+                f"both a SavedModel ({rel}) and a Keras model ({j['keras_model']}) were "
+                "found; the SavedModel was converted"
+            )
+        label = f"model.tflite (converted from {rel})"
+        try:
+            model = convert_in_child(
+                source,
+                converted_dir / "model.tflite",
+                track,
+                representative=representative,
+                timeout_s=conversion_timeout_s,
+                memory_mb=conversion_memory_mb,
+            )
+        except ConversionFailed as exc:
+            report.add("conversion_failed", f"{rel}: {exc}")
+            return report
+    else:
+        ignored = [p for p in (j["saved_model"], j["keras_model"]) if p]
+        if ignored:
+            report.warnings.append(
+                f"model.tflite was checked; {', '.join(ignored)} was not converted"
+            )
+
+    report.model_path = str(model)
+    checked = check_model(model, ModelSpec.from_track(track), sandbox)
+    report.model = checked.as_json()
+    for e in checked.errors:
+        report.add(e.code, f"{label}: {e.message}")
+
+    if sub.model_none is not None:
+        if track.fidelity_inputs:
+            fidelity = check_model(
+                sub.model_none, ModelSpec.from_track(track, fidelity=True), sandbox
+            )
+            report.model_none = fidelity.as_json()
+            report.fidelity_model_path = str(sub.model_none)
+            for e in fidelity.errors:
+                report.add(e.code, f"model_none.tflite: {e.message}")
+        else:
+            report.warnings.append(
+                f"model_none.tflite was not checked: the {track.id} track has no fidelity model"
+            )
+    return report
+
+
+class ConversionFailed(Exception):
+    """The converter's readable reason (or why the converting process stopped)."""
+
+
+_CONVERT_CHILD = "from mai_ops.submissions.intake import _conversion_child; _conversion_child()"
+
+
+def convert_in_child(
+    source: Path,
+    out: Path,
+    track: Track,
+    *,
+    representative: str | Path | None = None,
+    timeout_s: float = 900.0,
+    memory_mb: int = 16384,
+) -> Path:
+    """Convert ``source`` for ``track`` with TensorFlow in a limited child process.
+
+    INT8 (full integer, the track's input/output dtypes) when the track requires
+    quantization or takes integer inputs; float otherwise. Loading a team's model
+    runs its code (Keras layers, SavedModel functions), so it happens in a child with
+    a memory cap and a timeout, never in the caller.
+    """
+    from mai_ops.infra.child import child_env, kill_group, limit_child, signal_name
+
+    (inp,) = track.inputs[:1]
+    int8 = track.quantization == "int8" or inp.dtype in ("uint8", "int8")
+    request = {
+        "source": str(source),
+        "out": str(out),
+        "mode": "int8" if int8 else "float",
+        "input_dtype": inp.dtype if inp.dtype in ("uint8", "int8") else "float32",
+        "output_dtype": track.outputs[0].dtype
+        if track.outputs[0].dtype in ("uint8", "int8")
+        else "float32",
+        "shape": [d if d > 0 else 1 for d in inp.shape],
+        "representative": str(representative) if representative else None,
+        "memory_mb": memory_mb,
+    }
+    env = child_env()
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CONVERT_CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ConversionFailed(f"could not start the converter: {exc}") from None
+    limit_child(proc.pid, memory_mb)
+    try:
+        stdout, stderr = proc.communicate(json.dumps(request).encode(), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.communicate()
+        raise ConversionFailed(f"the conversion did not finish within {timeout_s:g} s") from None
+    except BaseException:
+        kill_group(proc)  # the task was interrupted: leave nothing running
+        raise
+    answer = None
+    for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
+        try:
+            answer = json.loads(line)
+            break
+        except json.JSONDecodeError:
+            continue
+    if isinstance(answer, dict) and answer.get("ok") and out.is_file():
+        return out
+    if isinstance(answer, dict) and answer.get("message"):
+        raise ConversionFailed(answer["message"])
+    if proc.returncode is not None and proc.returncode < 0:
+        raise ConversionFailed(
+            f"the converting process was killed by {signal_name(-proc.returncode)} "
+            f"(memory limit {memory_mb} MB?)"
+        )
+    tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    raise ConversionFailed(f"the converting process stopped without an answer: {tail[0]}")
+
+
+def _conversion_child() -> None:
+    """In the child: read the request on stdin, convert, print one JSON answer line."""
+    request = json.loads(sys.stdin.read())
+    real_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # TensorFlow's prints go to stderr, the answer stays parseable
+    sys.stdout = sys.stderr
+    from mai_ops.infra.child import apply_own_limits
+
+    try:
+        apply_own_limits(request["memory_mb"])
+    except (ImportError, OSError, ValueError):
+        pass
+    from mai_ops.models.conversion import ConversionError, convert_model
+
+    representative = None
+    if request["mode"] == "int8":
+        import numpy as np
+
+        if request["representative"]:
+            representative = np.load(request["representative"], allow_pickle=False)
+        else:
+            rng = np.random.default_rng(0)
+            shape = (8, *request["shape"][1:])
+            representative = rng.random(shape, dtype=np.float32)
+    try:
+        convert_model(
+            request["source"],
+            request["out"],
+            request["mode"],
+            representative,
+            input_dtype=request["input_dtype"],
+            output_dtype=request["output_dtype"],
+        )
+        answer = {"ok": True}
+    except ConversionError as exc:
+        answer = {"ok": False, "message": exc.message}
+    except MemoryError:
+        answer = {"ok": False, "message": "the conversion ran out of memory"}
+    except Exception as exc:  # noqa: BLE001 - the team's model, not our bug
+        answer = {"ok": False, "message": f"{type(exc).__name__}: {str(exc)[:1000]}"}
+    real_stdout.write(json.dumps(answer) + "\n")
+    real_stdout.flush()
+
+
+# ---------------------------------------------------------------------------------
+# mai-ops check-submission
+# ---------------------------------------------------------------------------------
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``check-submission`` to the ``mai-ops`` command's subparsers."""
+    p = subparsers.add_parser(
+        "check-submission",
+        help="unpack and check a submission archive as the validation server does",
+        description=(
+            "Unpack a submission .zip safely, convert a SavedModel/Keras model if there is "
+            "no model.tflite, and run the track's conversion checks on model.tflite (and "
+            "model_none.tflite). Exit 0 when the submission passes, 1 when it is rejected, "
+            "2 on a usage error."
+        ),
+    )
+    p.add_argument("archive", help="path to the submission .zip")
+    p.add_argument("--challenge", required=True, help="challenge id (include/challenges/<id>.yaml)")
+    p.add_argument("--track", required=True, help="track id within the challenge")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_check_submission_command)
+    return p
+
+
+def _check_submission_command(args: argparse.Namespace) -> int:
+    from mai_ops.challenge.config import ChallengeConfigError, load_challenge
+    from mai_ops.cli import find_challenge_file
+
+    def usage(message: str) -> int:
+        print(f"mai-ops check-submission: error: {message}", file=sys.stderr)
+        return 2
+
+    archive = Path(args.archive)
+    if not archive.is_file():
+        return usage(f"no file {archive}")
+    try:
+        challenge = load_challenge(find_challenge_file(args.challenge))
+    except LookupError as exc:
+        return usage(str(exc))
+    except ChallengeConfigError as exc:
+        return usage(f"challenge {args.challenge!r} does not load:\n{exc}")
+    if args.track not in {t.id for t in challenge.tracks}:
+        known = ", ".join(t.id for t in challenge.tracks) or "none"
+        return usage(f"challenge {challenge.id} has no track {args.track!r} (known: {known})")
+    with tempfile.TemporaryDirectory(prefix="mai-ops-submission-") as tmp:
+        report = check_submission(archive, challenge, args.track, tmp)
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print(format_submission_report(report))
+    return 0 if report.ok else 1
+
+
+def format_submission_report(report: SubmissionReport) -> str:
+    """The report as text for a terminal or an email."""
+    lines = [f"{'PASS' if report.ok else 'FAIL'} {report.archive} (track {report.track})"]
+    lines += [f"  [{e['code']}] {e['message']}" for e in report.errors]
+    lines += [f"  note: {w}" for w in report.warnings]
+    if report.converted_from:
+        lines.append(f"  converted from: {report.converted_from}")
+    for label, checked in (
+        ("model.tflite", report.model),
+        ("model_none.tflite", report.model_none),
+    ):
+        if not checked:
+            continue
+        for kind in ("inputs", "outputs"):
+            for i, t in enumerate(checked[kind]):
+                lines.append(f"  {label} {kind[:-1]} {i}: {t['name']} {t['shape']} {t['dtype']}")
+        if checked["ops"]:
+            lines.append(f"  {label} ops: {', '.join(checked['ops'])}")
+    if report.files:
+        lines.append(f"  files ({len(report.files)}): {', '.join(report.files[:20])}")
+        if len(report.files) > 20:
+            lines[-1] += f" and {len(report.files) - 20} more"
+    return "\n".join(lines)

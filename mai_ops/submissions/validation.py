@@ -1,0 +1,304 @@
+"""The validation server: each upload checked, benchmarked, scored and answered by email.
+
+One upload is one stored record under ``uploads/<upload key>.json`` in the results
+bucket. A record, once written, is the answer: processing the same upload again
+(a cleared task, a sweep after an event) returns it unchanged and sends nothing
+twice. The steps follow a fixed order (intake rules, archive and model checks,
+benchmark on the track's device, fidelity on validation data when the organizers
+staged it) and each way of failing ends in a record with a stable code, an email,
+and no effect on the other uploads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mai_ops.challenge.config import Challenge
+from mai_ops.challenge.participants import Team
+from mai_ops.errors import NeedsOrganizer
+from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
+from mai_ops.notify.ledger import Notice
+
+log = logging.getLogger(__name__)
+RECORDS = "uploads/"
+# A run answers at most this many uploads per track; the next run takes the rest.
+MAX_PER_RUN = 200
+
+
+def record_key(upload_key: str, etag: str) -> str:
+    """One record per stored version: a re-upload under the same name is a new upload."""
+    return f"{RECORDS}{upload_key}/{etag.strip(chr(34))}.json"
+
+
+def _recorded(s3: Any, challenge: Challenge) -> set[tuple[str, str]]:
+    done = set()
+    for obj in list_objects(s3, challenge.buckets.results, RECORDS):
+        key, _, etag = obj["Key"][len(RECORDS) : -len(".json")].rpartition("/")
+        done.add((key, etag))
+    return done
+
+
+def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
+    """Uploads with no record yet, oldest first: what a sweep must process.
+
+    Everything in the submissions bucket except the final-phase area (frozen at the
+    deadline instead), so a misplaced upload is answered too, not ignored.
+    """
+    done = _recorded(s3, challenge)
+    found = []
+    for obj in list_objects(s3, challenge.buckets.submissions):
+        key, etag = obj["Key"], obj["ETag"].strip('"')
+        parts = key.split("/")
+        if (key, etag) in done or key.endswith("/") or (len(parts) > 1 and parts[1] == "final"):
+            continue
+        found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
+    return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
+
+
+def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
+    """The team's other judged uploads for the same track and phase."""
+    from mai_ops.submissions.intake import PastUpload
+
+    prefix = RECORDS + "/".join(key.split("/")[:3]) + "/"
+    past = []
+    for obj in list_objects(s3, challenge.buckets.results, prefix):
+        rec = get_json(s3, challenge.buckets.results, obj["Key"])
+        if (rec["key"], rec.get("etag")) == (key, etag) or rec.get("track") is None:
+            continue
+        past.append(
+            PastUpload(
+                key=rec["key"],
+                track=rec["track"],
+                phase=rec["phase"],
+                team=rec["team"],
+                uploaded_at=dt.datetime.fromisoformat(rec["uploaded_at"]),
+                sha256=rec["sha256"],
+                status=rec["status"],
+            )
+        )
+    return past
+
+
+# Failures of ours, not of the submission: clearing the task processes the upload again.
+RETRYABLE_CODES = frozenset(
+    {
+        "internal_error",
+        "benchmark_device_offline",
+        "benchmark_adb_failed",
+        "benchmark_adb_missing",
+        "benchmark_timeout",
+    }
+)
+
+
+def _retryable(record: dict) -> bool:
+    return record["status"] == "failed" and any(
+        e["code"] in RETRYABLE_CODES for e in record["errors"]
+    )
+
+
+def process_upload(
+    s3: Any, challenge: Challenge, teams: list[Team], key: str, retry_failed: bool = True
+) -> dict:
+    """Judge, check, benchmark and score one upload; store and return its record.
+
+    Whatever goes wrong with this one upload ends in a stored record with a code, so
+    it is answered and never retried in a loop by the sweep; only a failure to reach
+    the storage itself propagates (the task retries). A record that failed for a
+    reason of ours (``RETRYABLE_CODES``: a crash, a phone offline) is processed again
+    when its task is cleared; any other record is the answer.
+    """
+    from mai_ops.submissions.intake import MAX_UPLOAD_MB, IntakeError, Upload, judge_upload
+
+    results = challenge.buckets.results
+    head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
+    etag = head["ETag"].strip('"')
+    if object_exists(s3, results, record_key(key, etag)):
+        stored = get_json(s3, results, record_key(key, etag))
+        if not (retry_failed and _retryable(stored)):
+            return stored
+    record: dict[str, Any] = {
+        "key": key,
+        "etag": etag,
+        "uploaded_at": head["LastModified"].astimezone(dt.UTC).isoformat(),
+        "size": head["ContentLength"],
+        "sha256": None,
+        "track": None,
+        "phase": None,
+        "team": None,
+        "status": "rejected",
+        "errors": [],
+        "checks": None,
+        "runtime": None,
+        "metrics": None,
+        "score": None,
+    }
+    parts = key.split("/")
+    if len(parts) == 4:
+        record.update(track=parts[0], phase=parts[1], team=parts[2])
+    if record["size"] > MAX_UPLOAD_MB * 1024 * 1024:  # judged before a byte is downloaded
+        record["errors"] = [
+            {
+                "code": "too_large",
+                "message": f"the upload is {record['size'] / 2**20:.1f} MB, "
+                f"over the limit of {MAX_UPLOAD_MB:g} MB",
+            }
+        ]
+        put_json(s3, results, record_key(key, etag), record)
+        return record
+    with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
+        archive = Path(tmp) / "upload.zip"
+        s3.download_file(challenge.buckets.submissions, key, str(archive))
+        record["sha256"] = sha256_of_file(archive)
+        upload = Upload(
+            key=key,
+            size=record["size"],
+            uploaded_at=head["LastModified"].astimezone(dt.UTC),
+            sha256=record["sha256"],
+        )
+        try:
+            path = judge_upload(upload, challenge, teams, _history(s3, challenge, key, etag))
+        except IntakeError as exc:
+            record["errors"] = [{"code": exc.code, "message": exc.message}]
+        else:
+            record.update(track=path.track, phase=path.phase, team=path.team)
+            try:
+                _check_and_measure(s3, challenge, path, archive, Path(tmp), record)
+            except NeedsOrganizer:
+                raise  # e.g. unusable validation data: the organizers fix it, then clear
+            except Exception as exc:  # one upload's failure must not loop or stop others
+                log.exception("processing %s failed", key)
+                record["status"] = "failed"
+                record["errors"] = [
+                    {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+                ]
+    put_json(s3, results, record_key(key, etag), record)
+    return record
+
+
+def runtime_ms(runtime: dict | None) -> float | None:
+    """The runtime a score uses: the median, or the mean when the tool printed no median."""
+    if not runtime:
+        return None
+    return (
+        runtime.get("median_ms") if runtime.get("median_ms") is not None else runtime.get("avg_ms")
+    )
+
+
+def _check_and_measure(s3, challenge: Challenge, path, archive: Path, tmp: Path, record) -> None:
+    from mai_ops.devices.benchmark import BenchmarkError, run_benchmark
+    from mai_ops.submissions.intake import check_submission
+
+    track = challenge.track(path.track)
+    report = check_submission(archive, challenge, track.id, tmp / "work")
+    record["checks"] = report.as_json()
+    if not report.ok:
+        record["status"] = "failed"
+        record["errors"] = list(report.errors)
+        return
+    model = Path(report.model_path)
+    try:
+        result = run_benchmark(model, challenge.device(track.device), track)
+    except BenchmarkError as exc:
+        record["status"] = "failed"
+        record["errors"] = [{"code": f"benchmark_{exc.code}", "message": exc.message}]
+        return
+    record["runtime"] = result.as_json()
+    record["status"] = "ok"
+    if path.phase == "validation":
+        _validation_score(s3, challenge, track, model, report, result, record)
+
+
+def _validation_score(s3, challenge, track, model, report, result, record) -> None:
+    """Fidelity on the organizers' validation data, when they staged it, and the score."""
+    from mai_ops.models.fidelity import (
+        FidelityError,
+        evaluate_model,
+        load_validation_set,
+        score_from,
+    )
+
+    inputs, truths = load_validation_set(s3, challenge, track)
+    if not inputs:
+        record["notes"] = ["no validation ground truth staged: runtime only"]
+        return
+    fidelity_model = Path(report.fidelity_model_path or model)
+    try:
+        fidelity = evaluate_model(fidelity_model, track, inputs, truths)
+    except FidelityError as exc:
+        record["status"] = "failed"
+        record["errors"] = [{"code": exc.code, "message": exc.message}]
+        return
+    record["metrics"] = fidelity.metrics
+    record["score"] = score_from(track, fidelity.metrics, runtime_ms(record["runtime"]))
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def runtime_line(rt: dict) -> str:
+    parts = [f"Runtime on {rt['device']}: {_ms(runtime_ms(rt))}"]
+    parts.append(f"(mean {_ms(rt.get('avg_ms'))}, std {_ms(rt.get('std_ms'))}, {rt['count']} runs")
+    if rt.get("init_ms") is not None:
+        parts.append(f"init {_ms(rt['init_ms'])}")
+    if rt.get("peak_rss_mb") is not None:
+        parts.append(f"peak memory {rt['peak_rss_mb']:.0f} MiB")
+    return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + ")"
+
+
+def _model_lines(checks: dict) -> list[str]:
+    """What the model is and what the archive held, as the checks saw it."""
+    lines = []
+    model = checks.get("model") or {}
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(model.get(kind) or []):
+            q = t.get("quantization") or {}
+            quant = (
+                f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q.get("scale") else ""
+            )
+            lines.append(f"{kind[:-1]} {i}: {t.get('shape')} {t.get('dtype')}{quant}")
+    if model.get("ops"):
+        lines.append(f"ops: {', '.join(model['ops'])}")
+    if checks.get("converted_from"):
+        lines.append(f"converted for you from: {checks['converted_from']}")
+    if checks.get("files"):
+        lines.append(f"files: {', '.join(checks['files'][:20])}")
+    lines += [f"Note: {w}" for w in checks.get("warnings") or []]
+    return lines
+
+
+def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
+    """The email a team gets for one upload: the verdict, the reasons, the numbers."""
+    lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
+    digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
+    lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
+    status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
+    lines += ["", f"{status[record['status']]}.", ""]
+    for error in record["errors"]:
+        lines.append(f"- [{error['code']}] {error['message']}")
+    lines += _model_lines(record.get("checks") or {})
+    if record.get("runtime"):
+        lines.append(runtime_line(record["runtime"]))
+    for name, value in (record.get("metrics") or {}).items():
+        lines.append(f"{name}: {value:.4f}")
+    if record.get("score") is not None:
+        lines.append(f"Score: {record['score']:.6g}")
+    for note in record.get("notes", []):
+        lines.append(f"Note: {note}")
+    if record["status"] != "ok":
+        lines += ["", "Failed and rejected uploads do not count towards your limits."]
+    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
+    # One email per outcome of one stored version: a re-run with the same outcome
+    # sends nothing, a cleared task that now succeeds tells the team.
+    key = f"{key}/{record['etag']}/{record['status']}"
+    return Notice(
+        key=f"{challenge.id}/upload/{key}",
+        to=team.email,
+        subject=f"[{challenge.title}] {record['track']}: upload {record['status']}",
+        body="\n".join(lines) + "\n",
+    )

@@ -1,0 +1,44 @@
+"""Clients for the systems a task talks to, through the providers' hooks.
+
+Connections come from Airflow (``AIRFLOW_CONN_AWS_DEFAULT``, ``AIRFLOW_CONN_SMTP_DEFAULT``
+in the embedded stack and in compose). Airflow is imported inside the functions so
+the library stays importable, and DAG files stay fast to parse.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+from mai_ops.notify.ledger import Notice
+
+AWS_CONN_ID = "aws_default"
+SMTP_CONN_ID = "smtp_default"
+
+
+def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=conn_id).get_conn()
+
+
+def smtp_sender(conn_id: str = SMTP_CONN_ID) -> Callable[[Notice], None]:
+    """A ``send(notice)`` that delivers through the SMTP provider's hook."""
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    def send(notice: Notice) -> None:
+        with SmtpHook(smtp_conn_id=conn_id) as hook:
+            hook.send_email_smtp(
+                to=notice.to,
+                subject=notice.subject,
+                html_content=_as_html(notice.body),
+                mime_subtype="mixed",
+                custom_headers={"X-MAI-Notice": notice.key},
+            )
+
+    return send
+
+
+def _as_html(text: str) -> str:
+    return f'<html><body><pre style="font-family: inherit">{html.escape(text)}</pre></body></html>'
