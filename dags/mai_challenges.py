@@ -270,9 +270,9 @@ def _wire_phase(challenge: Challenge, path: str, phase: str) -> None:
             return {
                 "scored": len(records),
                 "failed": [
-                    f"{r['track']}/{r['team']}: {r['error']['code']}"
+                    f"{r['track']}/{r['team']}: {r['errors'][0]['code']}"
                     for r in records
-                    if r["status"] != "verified"
+                    if r["status"] != "ok"
                 ],
             }
 

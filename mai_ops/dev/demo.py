@@ -255,7 +255,7 @@ def _report(
     print("preliminary results (runtime = median on the track's device):")
     for r in table:
         runtime = (r.get("runtime") or {}).get("median_ms")
-        shown = f"{runtime:.2f} ms" if runtime is not None else (r.get("error") or {}).get("code")
+        shown = f"{runtime:.2f} ms" if runtime is not None else r["errors"][0]["code"]
         print(f"  {r['track']:<16} {r['team']:<10} {r['device']:<14} {r['status']:<9} {shown}")
     ok = not failed and duplicates == 0 and mails and "results/preliminary.json" in public
     print("demo " + ("finished: every phase ran" if ok else "FAILED"))

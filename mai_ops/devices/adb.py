@@ -74,14 +74,22 @@ def _adb(serial: str, args: Sequence[str], timeout_s: float) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except FileNotFoundError:
-        raise BenchmarkError("adb_missing", f"adb executable not found: {cmd[0]!r}") from None
+        raise BenchmarkError(
+            "benchmark_adb_missing", f"adb executable not found: {cmd[0]!r}"
+        ) from None
     except subprocess.TimeoutExpired:
         msg = f"`{shlex.join(cmd)}` did not finish in {timeout_s:g} s"
-        raise BenchmarkError("timeout", msg) from None
+        raise BenchmarkError("benchmark_timeout", msg) from None
     if out.returncode != 0:
         detail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        raise BenchmarkError("adb_failed", f"`{shlex.join(cmd)}` failed: {' / '.join(detail)}")
+        raise BenchmarkError(
+            "benchmark_adb_failed", f"`{shlex.join(cmd)}` failed: {' / '.join(detail)}"
+        )
     return out.stdout
+
+
+# Worth another attempt within the same run: the phone or the adb link hiccupped.
+_TRANSIENT = frozenset({"benchmark_device_offline", "benchmark_adb_failed", "benchmark_timeout"})
 
 
 def run_adb(
@@ -96,7 +104,7 @@ def run_adb(
 ) -> BenchmarkResult:
     """Benchmark ``model_path`` on the phone ``device.serial``; retry transient adb errors."""
     if not device.serial:
-        raise BenchmarkError("bad_request", f"device {device.name!r} has no serial")
+        raise BenchmarkError("benchmark_bad_request", f"device {device.name!r} has no serial")
     run = AdbRun(
         delegate=delegate or device.delegate,
         runs=device.runs,
@@ -113,7 +121,7 @@ def run_adb(
         try:
             return _run_once(model_path, device, run, remote, require_full_delegation)
         except BenchmarkError as exc:
-            if exc.code not in {"device_offline", "adb_failed", "timeout"}:
+            if exc.code not in _TRANSIENT:
                 raise
             last = exc
             if attempt < attempts:
@@ -125,7 +133,9 @@ def _run_once(model_path, device: Device, run: AdbRun, remote: str, require_full
     serial, timeout = device.serial, float(device.timeout_s)
     state = _adb(serial, ["get-state"], 30).strip()
     if state != "device":
-        raise BenchmarkError("device_offline", f"device {device.name} ({serial}) is {state!r}")
+        raise BenchmarkError(
+            "benchmark_device_offline", f"device {device.name} ({serial}) is {state!r}"
+        )
     _adb(serial, ["shell", "mkdir", "-p", REMOTE_DIR], 30)
     _adb(serial, ["push", str(model_path), remote], 120)
     try:
@@ -139,11 +149,11 @@ def _run_once(model_path, device: Device, run: AdbRun, remote: str, require_full
     try:
         log = parse_benchmark_log(output)
     except BenchmarkLogError as exc:
-        raise BenchmarkError("unparseable_output", str(exc)) from None
+        raise BenchmarkError("benchmark_unparseable_output", str(exc)) from None
     if require_full and log.fully_delegated is False:
         kernels = f" ({log.delegate_kernels} delegate kernels)" if log.delegate_kernels else ""
         raise BenchmarkError(
-            "partial_delegation",
+            "benchmark_partial_delegation",
             f"the graph ran only partly on the {log.delegate} delegate{kernels}; "
             "this track requires full delegation",
         )

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mai_ops.errors import StageError, stage_codes
 from mai_ops.infra.child import (
     apply_own_limits,
     child_env,
@@ -81,24 +82,21 @@ _STAGE_NAMES = {
     "warmup": "the timed runs",
 }
 
-CODES = frozenset(
-    {"load_failed", "timeout", "memory_exceeded", "crashed", "invoke_failed", "bad_request"}
-)
 
+class BenchmarkError(StageError):
+    """A benchmark that gave no runtime: a registered ``code`` and a readable ``message``.
 
-class BenchmarkError(Exception):
-    """A benchmark that gave no runtime: a stable ``code`` and a readable ``message``.
-
-    Codes from this backend: ``load_failed`` (not a model LiteRT can open or allocate),
-    ``timeout`` (killed after ``timeout_s``), ``memory_exceeded`` (over ``memory_mb``, or
-    killed by the kernel's OOM killer), ``crashed`` (the runtime died some other way),
-    ``invoke_failed`` (``invoke()`` returned an error), ``bad_request`` (the arguments).
+    Codes from this backend: ``benchmark_load_failed`` (not a model LiteRT can open or
+    allocate), ``benchmark_timeout`` (killed after ``timeout_s``),
+    ``benchmark_memory_exceeded`` (over ``memory_mb``, or killed by the kernel's OOM
+    killer), ``benchmark_crashed`` (the runtime died some other way),
+    ``benchmark_invoke_failed`` (``invoke()`` returned an error), ``benchmark_bad_request``
+    (the arguments).
     """
 
     def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
+        assert self.stage == "benchmark", code
 
 
 @dataclass
@@ -190,7 +188,7 @@ def run_litert(
 
 def _request(model_path: str | Path, **kw: Any) -> dict[str, Any]:
     def bad(message: str) -> BenchmarkError:
-        return BenchmarkError("bad_request", message)
+        return BenchmarkError("benchmark_bad_request", message)
 
     path = Path(model_path)
     if not path.is_file():
@@ -266,11 +264,12 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
         if "warmup" in steps and "result" not in steps:
             done = " (the timed runs had not reached min_runs and min_seconds)"
         raise BenchmarkError(
-            "timeout", f"no result within {timeout_s:g} s, killed during {stage}{done}"
+            "benchmark_timeout", f"no result within {timeout_s:g} s, killed during {stage}{done}"
         )
     if "error" in steps:
         error = steps["error"]
-        code = error.get("code") if error.get("code") in CODES else "crashed"
+        code = error.get("code")
+        code = code if code in stage_codes("benchmark") else "benchmark_crashed"
         raise BenchmarkError(code, str(error.get("message") or "no message"))
     if proc.returncode == 0 and "result" in steps:
         return steps
@@ -281,25 +280,26 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
         if sig == signal.SIGKILL:
             # We did not send it: on Linux that is the kernel's OOM killer.
             raise BenchmarkError(
-                "memory_exceeded", f"killed by SIGKILL during {stage} (out of memory?){tail}"
+                "benchmark_memory_exceeded",
+                f"killed by SIGKILL during {stage} (out of memory?){tail}",
             )
         if _MEMORY_HINTS.search(stderr):
             raise BenchmarkError(
-                "memory_exceeded",
+                "benchmark_memory_exceeded",
                 f"killed by {name} during {stage} after running out of memory"
                 f" (limit {memory_mb} MiB){tail}",
             )
-        raise BenchmarkError("crashed", f"killed by {name} during {stage}{tail}")
+        raise BenchmarkError("benchmark_crashed", f"killed by {name} during {stage}{tail}")
     if _MEMORY_HINTS.search(stderr):
         if "ready" not in steps:
             stage += f" (the limit of {memory_mb} MiB is below what Python, numpy and LiteRT"
             stage += " need before any model is opened, about 150 MiB of address space)"
         raise BenchmarkError(
-            "memory_exceeded",
+            "benchmark_memory_exceeded",
             f"ran out of memory during {stage}{tail}",
         )
     raise BenchmarkError(
-        "crashed",
+        "benchmark_crashed",
         f"exited with status {proc.returncode} after {seconds:.1f} s without a result,"
         f" during {stage}{tail}",
     )
@@ -442,7 +442,7 @@ def _cli(args: argparse.Namespace) -> int:
         result = run_benchmark(args.model, device)
     except BenchmarkError as exc:
         print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return 2 if exc.code == "bad_request" else 1
+        return 2 if exc.code == "benchmark_bad_request" else 1
     if args.json:
         print(json.dumps(result.as_json(), indent=2))
         return 0
@@ -502,23 +502,25 @@ def main() -> int:
             if not isinstance(request, dict) or "model" not in request:
                 raise ValueError("expected a JSON object with 'model'")
         except ValueError as exc:
-            raise _Failure("bad_request", f"unreadable request: {exc}") from None
+            raise _Failure("benchmark_bad_request", f"unreadable request: {exc}") from None
         apply_own_limits(request.get("memory_mb", 4096))
         _benchmark(request, channel)
     except _Failure as exc:
         channel.send("error", code=exc.code, message=str(exc))
     except MemoryError as exc:
         message = f"out of memory (limit {request.get('memory_mb')} MiB): MemoryError {exc}"
-        channel.send("error", code="memory_exceeded", message=message.strip())
+        channel.send("error", code="benchmark_memory_exceeded", message=message.strip())
     except Exception as exc:  # noqa: BLE001 - the parent needs the reason, not a traceback
-        channel.send("error", code="crashed", message=f"{type(exc).__name__}: {exc}")
+        channel.send("error", code="benchmark_crashed", message=f"{type(exc).__name__}: {exc}")
     return 0
 
 
 def _classify(exc: BaseException, code: str, what: str, memory_mb: int) -> _Failure:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, MemoryError) or _MEMORY_HINTS.search(text):
-        return _Failure("memory_exceeded", f"{what}: out of memory (limit {memory_mb} MiB): {text}")
+        return _Failure(
+            "benchmark_memory_exceeded", f"{what}: out of memory (limit {memory_mb} MiB): {text}"
+        )
     return _Failure(code, f"{what}: {text}")
 
 
@@ -529,10 +531,12 @@ def _benchmark(request: dict[str, Any], channel: _Channel) -> None:
         from ai_edge_litert.interpreter import Interpreter
     except (ImportError, OSError, MemoryError) as exc:
         # Under a tight RLIMIT_AS a shared library may not even map.
-        failure = _classify(exc, "crashed", "importing numpy and LiteRT failed", memory_mb)
-        if failure.code == "memory_exceeded":
+        failure = _classify(
+            exc, "benchmark_crashed", "importing numpy and LiteRT failed", memory_mb
+        )
+        if failure.code == "benchmark_memory_exceeded":
             failure = _Failure(
-                "memory_exceeded",
+                "benchmark_memory_exceeded",
                 f"{failure} (the limit is below what the runtime needs before any model"
                 " is opened, about 150 MiB of address space)",
             )
@@ -546,13 +550,15 @@ def _benchmark(request: dict[str, Any], channel: _Channel) -> None:
     try:
         interpreter = Interpreter(model_path=request["model"], num_threads=threads)
     except (ValueError, RuntimeError, MemoryError) as exc:
-        raise _classify(exc, "load_failed", "LiteRT cannot open the model", memory_mb) from None
+        raise _classify(
+            exc, "benchmark_load_failed", "LiteRT cannot open the model", memory_mb
+        ) from None
     _resize(interpreter, request.get("input_shapes"))
     try:
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError, MemoryError) as exc:
-        failure = _classify(exc, "load_failed", "allocate_tensors failed", memory_mb)
-        if failure.code != "memory_exceeded":
+        failure = _classify(exc, "benchmark_load_failed", "allocate_tensors failed", memory_mb)
+        if failure.code != "benchmark_memory_exceeded":
             failure = _allocation_memory(interpreter, failure, memory_mb)
         raise failure from None
     init_ns = clock() - start
@@ -571,7 +577,9 @@ def _benchmark(request: dict[str, Any], channel: _Channel) -> None:
         for d in inputs:
             interpreter.set_tensor(d["index"], _sample(np, rng, d["shape"], d["dtype"]))
     except (ValueError, RuntimeError, MemoryError) as exc:
-        raise _classify(exc, "invoke_failed", "setting the inputs failed", memory_mb) from None
+        raise _classify(
+            exc, "benchmark_invoke_failed", "setting the inputs failed", memory_mb
+        ) from None
 
     invoke = interpreter.invoke
 
@@ -596,7 +604,7 @@ def _benchmark(request: dict[str, Any], channel: _Channel) -> None:
                 break
             samples.append(timed())
     except (ValueError, RuntimeError, MemoryError) as exc:
-        raise _classify(exc, "invoke_failed", "invoke failed", memory_mb) from None
+        raise _classify(exc, "benchmark_invoke_failed", "invoke failed", memory_mb) from None
 
     channel.send("result", stats=summarize(samples), peak_rss_mb=_rss_mb())
 
@@ -627,7 +635,7 @@ def _allocation_memory(interpreter, failure: _Failure, memory_mb: int) -> _Failu
         return failure
     need = f"{largest / _MB:.0f} to {total / _MB:.0f} MiB"
     return _Failure(
-        "memory_exceeded",
+        "benchmark_memory_exceeded",
         f"{str(failure).rstrip('. ')}; the model's tensors need {need},"
         f" {mapped / _MB:.0f} MiB were already mapped, the limit is {memory_mb} MiB",
     )
@@ -649,12 +657,13 @@ def _resize(interpreter, shapes: list[list[int]] | dict[str, list[int]] | None) 
     if isinstance(shapes, dict):
         unknown = sorted(set(shapes) - set(names))
         if unknown:
-            raise _Failure("bad_request", f"no input named {unknown} (inputs: {names})")
+            raise _Failure("benchmark_bad_request", f"no input named {unknown} (inputs: {names})")
         wanted = [(d, shapes[d["name"]]) for d in details if d["name"] in shapes]
     else:
         if len(shapes) != len(details):
             raise _Failure(
-                "bad_request", f"{len(shapes)} input shape(s) given, the model has {len(details)}"
+                "benchmark_bad_request",
+                f"{len(shapes)} input shape(s) given, the model has {len(details)}",
             )
         wanted = list(zip(details, shapes, strict=True))
     for d, shape in wanted:
@@ -665,7 +674,7 @@ def _resize(interpreter, shapes: list[list[int]] | dict[str, list[int]] | None) 
         except (ValueError, RuntimeError) as exc:
             signature = [int(x) for x in d["shape_signature"]]
             raise _Failure(
-                "bad_request",
+                "benchmark_bad_request",
                 f"input {d['name']!r} {signature} cannot take shape {list(shape)}: {exc}",
             ) from None
 

@@ -11,8 +11,8 @@ What runs where:
 - in a child process with memory and time limits (:mod:`mai_ops.models.sandbox`):
   everything that touches the model's contents (open, op listing, GPU analysis,
   allocation, resizing, one forward pass on a seeded input). A model that crashes,
-  hangs or eats memory there is reported as ``crashed``, ``timeout`` or
-  ``memory_exceeded`` and never takes the caller down.
+  hangs or eats memory there is reported as ``check_crashed``, ``check_timeout`` or
+  ``check_memory_exceeded`` and never takes the caller down.
 
 Every check that can run does run; only a file that is not a model at all
 (``empty_file``, ``not_tflite``, or an interpreter that cannot open it) stops early.
@@ -63,39 +63,11 @@ from mai_ops.challenge.config import (
     challenge_files,
     load_challenge,
 )
+from mai_ops.errors import registered
 from mai_ops.models.sandbox import SandboxLimits, SandboxResult, run_sandbox
 
 _MB = 1024 * 1024
 TFLITE_IDENTIFIER = b"TFL3"
-
-# Every code a report can carry, with what it means.
-ERROR_CODES: dict[str, str] = {
-    "empty_file": "the file is missing or has zero bytes",
-    "not_tflite": "not a TFLite flatbuffer (identifier, truncated, garbage)",
-    "too_large": "the file is larger than the track's size limit",
-    "load_failed": "the interpreter cannot open or prepare the model",
-    "input_count": "the number of inputs differs from the track's",
-    "output_count": "the number of outputs differs from the track's",
-    "input_shape": "an input shape differs from the track's",
-    "output_shape": "an output shape differs from the track's",
-    "input_dtype": "an input dtype differs from the track's",
-    "output_dtype": "an output dtype differs from the track's",
-    "not_quantized": "the track needs a fully INT8/UINT8 model; float tensors remain",
-    "not_float": "the track needs a float model; quantized activations found",
-    "flex_op": "Flex (SELECT_TF_OPS) ops, which the target runtime does not have",
-    "custom_op": "custom ops, which the target runtime does not have",
-    "gpu_incompatible": "ops the TFLite GPU delegate cannot run",
-    "nnapi_incompatible": "ops outside the NNAPI allow-list",
-    "neuron_incompatible": "ops outside the MediaTek Neuron (NNAPI) allow-list",
-    "npu_incompatible": "ops outside the generic NPU (NNAPI) allow-list",
-    "hexagon_incompatible": "ops outside the Hexagon delegate allow-list",
-    "resize_failed": "the inputs cannot be resized to the test resolution",
-    "run_failed": "the forward pass on the test input failed",
-    "non_finite_output": "the forward pass produced NaN or Inf",
-    "timeout": "the checks did not finish within the time limit",
-    "memory_exceeded": "the model needs more memory than the limit",
-    "crashed": "the checking process was killed by a signal",
-}
 
 # The GPU delegate's supported ops (gpu_compatibility.cc, TF master, 2025), by name.
 GPU_OPS = frozenset(
@@ -252,7 +224,8 @@ class CheckReport:
         return [e.code for e in self.errors]
 
     def add(self, code: str, message: str) -> None:
-        assert code in ERROR_CODES, code
+        if registered(code).stage != "check":
+            raise ValueError(f"{code!r} is not a code of the check stage")
         self.errors.append(CheckError(code, message))
 
     def as_json(self) -> dict[str, Any]:
@@ -299,7 +272,7 @@ def check_model(
         return report
     if spec.max_size_mb is not None and size > spec.max_size_mb * _MB:
         report.add(
-            "too_large",
+            "model_too_large",
             f"the model is {size / _MB:.2f} MB, over the track's limit of {spec.max_size_mb:g} MB",
         )
 
@@ -346,7 +319,7 @@ def _judge(report: CheckReport, spec: ModelSpec, result: SandboxResult) -> None:
     if allocate is not None and not allocate.get("ok"):
         if allocate.get("memory"):
             report.add(
-                "memory_exceeded",
+                "check_memory_exceeded",
                 f"allocating the model's tensors failed under the memory limit: "
                 f"{allocate['message']}",
             )
@@ -359,7 +332,7 @@ def _judge(report: CheckReport, spec: ModelSpec, result: SandboxResult) -> None:
         shapes = ", ".join(str(s) for s in resize.get("shapes", []))
         if resize.get("memory"):
             report.add(
-                "memory_exceeded",
+                "check_memory_exceeded",
                 f"resizing the inputs to {shapes} needs more memory than the limit: "
                 f"{resize['message']}",
             )
@@ -372,7 +345,7 @@ def _judge(report: CheckReport, spec: ModelSpec, result: SandboxResult) -> None:
         if not run.get("ok"):
             if run.get("memory"):
                 report.add(
-                    "memory_exceeded", f"the forward pass ran out of memory: {run['message']}"
+                    "check_memory_exceeded", f"the forward pass ran out of memory: {run['message']}"
                 )
             else:
                 report.add("run_failed", f"the forward pass failed: {run['message']}")
@@ -391,13 +364,14 @@ def _judge(report: CheckReport, spec: ModelSpec, result: SandboxResult) -> None:
 
     where = _IN_PROGRESS.get(result.last_step, f"after {result.last_step}")
     if result.outcome == "timeout":
-        report.add("timeout", f"the checks were {result.message}, {where}")
+        report.add("check_timeout", f"the checks were {result.message}, {where}")
     elif result.outcome == "memory_exceeded":
         report.add(
-            "memory_exceeded", f"the checking process ran out of memory, {where}: {result.message}"
+            "check_memory_exceeded",
+            f"the checking process ran out of memory, {where}: {result.message}",
         )
     elif result.outcome == "crashed":
-        report.add("crashed", f"the checking process stopped {where}: {result.message}")
+        report.add("check_crashed", f"the checking process stopped {where}: {result.message}")
 
 
 # What the child was doing when it stopped, from the last step it reported.

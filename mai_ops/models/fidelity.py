@@ -46,9 +46,11 @@ sample and averaged over the samples (mean of per-image PSNR, not PSNR of the po
 error); top-k accuracy is over the whole set (equal to the mean of per-sample hits).
 
 Failures of the model are :class:`FidelityError` with a ``code`` for the participant's
-email: ``timeout``, ``memory_exceeded``, ``crashed``, ``model_load_failed``,
-``allocate_failed``, ``input_mismatch``, ``invoke_failed``, ``non_finite_output``,
-``output_mismatch``. Broken organizer data is :class:`ValidationDataError`
+email, the registered codes of the ``fidelity`` stage (:mod:`mai_ops.errors`):
+``fidelity_timeout``, ``fidelity_memory_exceeded``, ``fidelity_crashed``,
+``fidelity_load_failed``, ``fidelity_allocate_failed``, ``fidelity_input_mismatch``,
+``fidelity_invoke_failed``, ``fidelity_non_finite_output``, ``fidelity_output_mismatch``.
+Broken organizer data is :class:`ValidationDataError`
 (:class:`~mai_ops.errors.NeedsOrganizer`).
 """
 
@@ -70,7 +72,7 @@ from pathlib import Path
 from typing import Any
 
 from mai_ops.challenge.formula import FormulaError, evaluate_formula, formula_names, parse_formula
-from mai_ops.errors import NeedsOrganizer
+from mai_ops.errors import NeedsOrganizer, StageError, stage_codes
 from mai_ops.infra.child import child_env, kill_group, limit_child, signal_name
 from mai_ops.models.metrics import (
     MEASUREMENT_VARIABLES,
@@ -92,13 +94,12 @@ DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MEMORY_MB = 4096
 
 
-class FidelityError(Exception):
+class FidelityError(StageError):
     """The model could not be evaluated: ``code`` for machines, ``message`` for people."""
 
     def __init__(self, code: str, message: str, sample: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
+        assert self.stage == "fidelity", code
         self.sample = sample
 
 
@@ -317,7 +318,9 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
             start_new_session=True,  # its own process group: the kill reaches everything
         )
     except OSError as exc:
-        raise FidelityError("crashed", f"could not start the model runner: {exc}") from None
+        raise FidelityError(
+            "fidelity_crashed", f"could not start the model runner: {exc}"
+        ) from None
     limit_child(proc.pid, memory_mb)
     timed_out = False
     try:
@@ -348,22 +351,22 @@ def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dic
     where = f" after {done} of {count} samples"
     current = request["samples"][done]["name"] if done < count else None
     if timed_out:
-        raise FidelityError("timeout", f"stopped after {timeout_s:g} s{where}", current)
+        raise FidelityError("fidelity_timeout", f"stopped after {timeout_s:g} s{where}", current)
     if "error" in steps:
         error = steps["error"]
-        raise FidelityError(
-            str(error.get("code", "crashed")), str(error.get("message", "")), error.get("sample")
-        )
+        code = error.get("code")
+        code = code if code in stage_codes("fidelity") else "fidelity_crashed"
+        raise FidelityError(code, str(error.get("message", "")), error.get("sample"))
     if proc.returncode is not None and proc.returncode < 0:
         sig = -proc.returncode
         name = signal_name(sig)
         if sig == signal.SIGKILL or (sig == signal.SIGABRT and _MEMORY_HINTS.search(stderr)):
             raise FidelityError(
-                "memory_exceeded", f"killed by {name} (out of memory){where}", current
+                "fidelity_memory_exceeded", f"killed by {name} (out of memory){where}", current
             )
-        raise FidelityError("crashed", f"killed by {name}{where}", current)
+        raise FidelityError("fidelity_crashed", f"killed by {name}{where}", current)
     if proc.returncode != 0 or "done" not in steps or "loaded" not in steps or done != count:
-        code = "memory_exceeded" if _MEMORY_HINTS.search(stderr) else "crashed"
+        code = "fidelity_memory_exceeded" if _MEMORY_HINTS.search(stderr) else "fidelity_crashed"
         tail = stderr.strip().splitlines()[-1:] or ["no output"]
         raise FidelityError(
             code,
@@ -398,7 +401,7 @@ def _score_samples(
             s = pred.reshape(-1).astype(np.float64)
             if scores and s.shape != scores[0].shape:
                 raise FidelityError(
-                    "output_mismatch",
+                    "fidelity_output_mismatch",
                     f"sample {name!r}: {s.size} class scores, earlier samples {scores[0].size}",
                     name,
                 )
@@ -486,7 +489,7 @@ def _metric(name: str, pred, gt, data_range: float | None, sample: str) -> float
         return compute_metric(name, pred, gt, data_range)
     except MetricError as exc:
         raise FidelityError(
-            "output_mismatch", f"sample {sample!r}: {name}: {exc}", sample
+            "fidelity_output_mismatch", f"sample {sample!r}: {name}: {exc}", sample
         ) from None
 
 

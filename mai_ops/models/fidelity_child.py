@@ -24,9 +24,9 @@ Fitting a sample to an input tensor:
 Answers are JSON lines on a private copy of stdout (fd 1 itself is pointed at stderr
 first, so nothing the C++ runtime prints can corrupt them), each written as soon as
 it is known: ``loaded`` (input and output details with quantization), one ``sample``
-per sample run, then ``done``, or ``error`` with a ``code`` (``model_load_failed``,
-``allocate_failed``, ``input_mismatch``, ``invoke_failed``, ``non_finite_output``,
-``memory_exceeded``, ``bad_request``) and the ``sample`` it happened on. The child
+per sample run, then ``done``, or ``error`` with a registered ``code`` of the fidelity
+stage (``fidelity_load_failed``, ``fidelity_input_mismatch``, ...) and the ``sample`` it
+happened on. The child
 stops at the first error, including the first output with NaN or Inf.
 """
 
@@ -76,10 +76,12 @@ def main() -> int:
         channel.send("error", code=stop.code, message=stop.message, sample=channel.sample)
     except MemoryError as exc:
         message = f"MemoryError: {exc}".rstrip(": ")
-        channel.send("error", code="memory_exceeded", message=message, sample=channel.sample)
+        channel.send(
+            "error", code="fidelity_memory_exceeded", message=message, sample=channel.sample
+        )
     except Exception as exc:  # noqa: BLE001 - report anything, the parent decides
         message = f"{type(exc).__name__}: {exc}"
-        channel.send("error", code="crashed", message=message, sample=channel.sample)
+        channel.send("error", code="fidelity_crashed", message=message, sample=channel.sample)
     return 0
 
 
@@ -94,20 +96,20 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
         samples = list(request["samples"])
         threads = int(request.get("threads", 1))
     except (KeyError, TypeError, ValueError) as exc:
-        raise _Stop("bad_request", f"malformed request: {exc}") from None
+        raise _Stop("fidelity_bad_request", f"malformed request: {exc}") from None
 
     try:
         interpreter = Interpreter(model_path=model, num_threads=threads)
     except (ValueError, RuntimeError) as exc:
-        raise _Stop("model_load_failed", f"LiteRT cannot open the model: {exc}") from None
+        raise _Stop("fidelity_load_failed", f"LiteRT cannot open the model: {exc}") from None
     try:
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        raise _Stop("allocate_failed", f"allocate_tensors() failed: {exc}") from None
+        raise _Stop("fidelity_allocate_failed", f"allocate_tensors() failed: {exc}") from None
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     if not outputs:
-        raise _Stop("model_load_failed", "the model has no outputs")
+        raise _Stop("fidelity_load_failed", "the model has no outputs")
     channel.send("loaded", inputs=[_io(d) for d in inputs], outputs=[_io(d) for d in outputs])
 
     for i, entry in enumerate(samples):
@@ -116,7 +118,7 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
         paths = list(entry["inputs"])
         if len(paths) != len(inputs):
             raise _Stop(
-                "input_mismatch",
+                "fidelity_input_mismatch",
                 f"the model has {len(inputs)} inputs, the sample gives {len(paths)}",
             )
         arrays = [
@@ -131,7 +133,7 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
                     interpreter.resize_tensor_input(detail["index"], array.shape, strict=True)
                 except (ValueError, RuntimeError) as exc:
                     raise _Stop(
-                        "input_mismatch",
+                        "fidelity_input_mismatch",
                         f"the model input {detail['name']!r} has shape {current} "
                         f"(signature {[int(x) for x in detail['shape_signature']]}), the "
                         f"sample has {list(array.shape)}: {exc}",
@@ -142,7 +144,7 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
                 interpreter.allocate_tensors()
             except (ValueError, RuntimeError) as exc:
                 raise _Stop(
-                    "allocate_failed",
+                    "fidelity_allocate_failed",
                     f"allocate_tensors() failed at input shape(s) "
                     f"{[list(a.shape) for a in arrays]}: {exc}",
                 ) from None
@@ -152,7 +154,7 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
                 interpreter.set_tensor(detail["index"], array)
             interpreter.invoke()
         except (ValueError, RuntimeError) as exc:
-            raise _Stop("invoke_failed", f"invoke() failed: {exc}") from None
+            raise _Stop("fidelity_invoke_failed", f"invoke() failed: {exc}") from None
         value = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
         nan = inf = 0
         if value.dtype.kind in "fc":
@@ -160,7 +162,7 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
             inf = int(np.isinf(value).sum())
         if nan or inf:
             raise _Stop(
-                "non_finite_output",
+                "fidelity_non_finite_output",
                 f"the model's output has {nan} NaN and {inf} infinite values "
                 f"(of {value.size}) on sample {name!r}",
             )
@@ -185,13 +187,15 @@ def _fit(array, detail: dict[str, Any], k: int):
         array = array[None, ...]
     if array.ndim != len(shape):
         raise _Stop(
-            "input_mismatch",
+            "fidelity_input_mismatch",
             f"input {k} ({detail['name']!r}) has shape {shape}, the sample has "
             f"shape {list(array.shape)}",
         )
     want = np.dtype(detail["dtype"])
     if array.dtype.kind not in "biuf":
-        raise _Stop("input_mismatch", f"input {k}: sample dtype {array.dtype} is not numeric")
+        raise _Stop(
+            "fidelity_input_mismatch", f"input {k}: sample dtype {array.dtype} is not numeric"
+        )
     if want.kind == "f":
         return array.astype(want, copy=False)
     if want.kind in "iu":
@@ -200,7 +204,7 @@ def _fit(array, detail: dict[str, Any], k: int):
         if array.dtype.kind == "f":
             if not scale:
                 raise _Stop(
-                    "input_mismatch",
+                    "fidelity_input_mismatch",
                     f"input {k} is {want.name} without quantization parameters; "
                     f"give {want.name} data, not {array.dtype}",
                 )
@@ -208,7 +212,7 @@ def _fit(array, detail: dict[str, Any], k: int):
             return np.clip(q, info.min, info.max).astype(want)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise _Stop(
-                "input_mismatch",
+                "fidelity_input_mismatch",
                 f"input {k} is {want.name}; the sample's values "
                 f"{array.min()}..{array.max()} do not fit",
             )

@@ -3,15 +3,15 @@
 A submission is untrusted bytes from the internet. :func:`unpack_submission` reads
 the zip's central directory, validates EVERY member before a single byte is written,
 then extracts by streaming with its own byte caps, into ``dest`` only. Anything it
-refuses raises :class:`ArchiveError` with a stable ``code`` (for machines, listed in
-:data:`ERROR_CODES`) and a ``message`` written for the team (it goes into the reply
+refuses raises :class:`ArchiveError` with a stable ``code`` (for machines, registered
+in :mod:`mai_ops.errors`) and a ``message`` written for the team (it goes into the reply
 email).
 
 The checks, in the order they run (the first problem found is the one reported):
 
 1. the file is a zip at all (``not_a_zip``: missing, zero bytes, truncated, garbage,
    a bare ``.tflite`` uploaded instead of a zip), the archive's own size
-   (``too_large``) and its entry count from the end-of-central-directory record,
+   (``archive_too_large``) and its entry count from the end-of-central-directory record,
    read before Python's ``zipfile`` parses the directory (``too_many_files``);
 2. per member, in directory order: its name (``bad_filename``: not decodable,
    control characters, NUL, ``:``, over-long; ``absolute_path``: ``/x``, ``\\x``,
@@ -22,9 +22,9 @@ The checks, in the order they run (the first problem found is the one reported):
    method (``unsupported_compression``: only stored, deflate, bzip2 and LZMA), a
    second member with the same path after normalisation, compared case-insensitively
    since the team's unpacked folder must be portable, or a path that is both a file and
-   a folder (``duplicate_member``), its declared size (``too_large``) and ratio
+   a folder (``duplicate_member``), its declared size (``member_too_large``) and ratio
    (``zip_bomb``);
-3. over all members: the declared total (``too_large``), the overall ratio and
+3. over all members: the declared total (``archive_too_large``), the overall ratio and
    members whose data overlap (``zip_bomb``, the "overlapping files" construction);
    every member's local header is then opened (no data read) so a header that
    disagrees with the directory is caught before extraction (``corrupt_member``);
@@ -72,6 +72,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from mai_ops.errors import StageError
+
 _MB = 1024 * 1024
 RATIO_FLOOR_BYTES = 1 * _MB
 _CHUNK = 1024 * 1024
@@ -92,28 +94,6 @@ KERAS_SUFFIXES = frozenset({".keras", ".h5", ".hdf5"})
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
 _MACOS_JUNK_DIR = "__MACOSX"
 
-# Every code an ArchiveError can carry, with what it means (docs/participants.md).
-ERROR_CODES: dict[str, str] = {
-    "not_a_zip": "the upload is not a readable zip archive (empty, truncated or another format)",
-    "zip_slip": "a member's path climbs out of the archive with '..'",
-    "absolute_path": "a member's path is absolute (/x, C:\\x, \\\\server\\share)",
-    "symlink": "a member is a symbolic link",
-    "special_file": "a member is a device, FIFO or socket, not a regular file",
-    "zip_bomb": "the compression ratio is implausible, members overlap, or a member "
-    "unpacks to more than its header says",
-    "too_large": "the archive, a member or all members together exceed the size limit",
-    "too_many_files": "the archive has more entries than allowed",
-    "bad_filename": "a member's name is not valid UTF-8 or has control characters, NUL or ':'",
-    "encrypted_member": "a member is encrypted (password-protected)",
-    "unsupported_compression": "a member uses a compression method other than stored, "
-    "deflate, bzip2 or LZMA",
-    "duplicate_member": "two members have the same path, or a path is both a file and a folder",
-    "corrupt_member": "a member's data is damaged (bad CRC, truncated, header mismatch)",
-    "nested_archive": "no model at the top level, only another archive inside the archive",
-    "missing_model": "no model.tflite, SavedModel folder or Keras model at the top level",
-    "bad_factsheet": "a .pdf file is not a PDF document",
-}
-
 
 @dataclass(frozen=True)
 class ArchiveLimits:
@@ -125,14 +105,12 @@ class ArchiveLimits:
     max_ratio: float = 200.0
 
 
-class ArchiveError(Exception):
-    """An archive refused; ``code`` is stable, ``message`` is for the team."""
+class ArchiveError(StageError):
+    """An archive refused: a registered ``code`` of the unpack stage, a ``message`` for the team."""
 
     def __init__(self, code: str, message: str):
-        assert code in ERROR_CODES, code
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
+        assert self.stage == "unpack", code
 
 
 @dataclass
@@ -215,7 +193,7 @@ def _archive_size(archive: Path, limits: ArchiveLimits) -> int:
         raise ArchiveError("not_a_zip", f"{archive.name} is empty (0 bytes); upload a .zip file")
     if size > limits.max_total_mb * _MB:
         raise ArchiveError(
-            "too_large",
+            "archive_too_large",
             f"the archive is {_size(size)}, over the limit of {limits.max_total_mb:g} MB",
         )
     with archive.open("rb") as fh:
@@ -451,7 +429,7 @@ def _name_parts(name: str, shown: str) -> tuple[str, ...]:
 def _check_member_size(info: zipfile.ZipInfo, shown: str, limits: ArchiveLimits) -> None:
     if info.file_size > limits.max_member_mb * _MB:
         raise ArchiveError(
-            "too_large",
+            "member_too_large",
             f"{shown} unpacks to {_size(info.file_size)}, over the per-file limit of "
             f"{limits.max_member_mb:g} MB",
         )
@@ -470,7 +448,7 @@ def _validate_totals(members: list[_Member], archive_size: int, limits: ArchiveL
     total = sum(m.info.file_size for m in members)
     if total > limits.max_total_mb * _MB:
         raise ArchiveError(
-            "too_large",
+            "archive_too_large",
             f"the archive unpacks to {_size(total)}, over the limit of {limits.max_total_mb:g} MB",
         )
     if total > RATIO_FLOOR_BYTES and total / archive_size > limits.max_ratio:

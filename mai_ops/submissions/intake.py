@@ -5,7 +5,7 @@ Two halves, both pure (no Airflow, no network; the S3 and DAG glue call them):
 - :func:`judge_upload` decides whether an object that appeared in the submissions
   bucket is a submission we process, from its key, size, server timestamp and
   sha256, the challenge, the registered teams and the earlier uploads. A refusal is
-  an :class:`IntakeError` with a stable ``code`` (:data:`ERROR_CODES`) and a
+  an :class:`IntakeError` with a registered ``code`` (:mod:`mai_ops.errors`) and a
   ``message`` the team reads in its reply email.
 - :func:`check_submission` unpacks an accepted archive safely
   (:mod:`mai_ops.submissions.archive`), converts a SavedModel / Keras model to TFLite in a child
@@ -20,7 +20,7 @@ Decisions (docs/participants.md explains them to teams):
 
 - Rules run in this order and the first that fails is reported: ``bad_key``,
   ``unknown_track``, ``unknown_phase``, ``unknown_team``, ``not_registered``,
-  ``phase_not_open``, ``late``, ``not_zip_name``, ``too_large``, ``duplicate``,
+  ``phase_not_open``, ``late``, ``not_zip_name``, ``upload_too_large``, ``duplicate``,
   ``over_total_limit``, ``over_daily_limit``.
 - Time is the storage server's timestamp of the upload (S3 ``LastModified``), never
   the clock of the machine judging it; a naive datetime is taken as UTC.
@@ -63,6 +63,7 @@ from mai_ops.challenge.config import Challenge, Track
 from mai_ops.challenge.dates import zone
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import event_instant
+from mai_ops.errors import StageError, registered
 from mai_ops.models.checks import ModelSpec, check_model
 from mai_ops.models.sandbox import SandboxLimits
 from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_submission
@@ -72,33 +73,13 @@ STATUSES = ("ok", "failed", "rejected")
 _MB = 1024 * 1024
 MAX_UPLOAD_MB = ArchiveLimits().max_total_mb
 
-# Every code the intake rules and check_submission add themselves; the archive's
-# codes (archive.ERROR_CODES) and the model checks' (checks.ERROR_CODES) pass through.
-ERROR_CODES: dict[str, str] = {
-    "bad_key": "the upload is not at <track>/<phase>/<team>/<file>.zip",
-    "unknown_track": "the key's track is not a track of the challenge",
-    "unknown_phase": "the key's phase is not 'validation' or 'final'",
-    "unknown_team": "the key's team is not a registered team",
-    "not_registered": "the team is not registered for this track",
-    "phase_not_open": "the phase has not opened yet",
-    "late": "uploaded after the final deadline (server timestamp)",
-    "not_zip_name": "the file name does not end with .zip",
-    "too_large": "the upload is larger than the archive size limit",
-    "duplicate": "identical (sha256) to an earlier upload whose checks ran",
-    "over_total_limit": "the team used all its submissions for this track and phase",
-    "over_daily_limit": "the team used all its submissions for this track and phase today (UTC)",
-    "conversion_failed": "the SavedModel / Keras model could not be converted to TFLite",
-}
 
-
-class IntakeError(Exception):
-    """An upload refused; ``path`` is the parsed key when it could be parsed."""
+class IntakeError(StageError):
+    """An upload refused by a rule; ``path`` is the parsed key when it could be parsed."""
 
     def __init__(self, code: str, message: str, path: UploadPath | None = None):
-        assert code in ERROR_CODES, code
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
+        assert self.stage == "intake", code
         self.path = path
 
 
@@ -150,6 +131,16 @@ def parse_upload_key(key: str) -> UploadPath:
             "(for example learned_isp/validation/your_team/submission.zip)",
         )
     return UploadPath(*parts)
+
+
+def oversize(size: int) -> str:
+    """Why an upload of ``size`` bytes is too large, or "" when it is not.
+
+    The validation server asks before downloading a byte; the rules ask again.
+    """
+    if size <= MAX_UPLOAD_MB * _MB:
+        return ""
+    return f"the upload is {size / _MB:.1f} MB, over the limit of {MAX_UPLOAD_MB:g} MB"
 
 
 def judge_upload(
@@ -219,11 +210,8 @@ def judge_upload(
             f"{path.filename!r} is not a .zip file; upload one .zip archive holding "
             "model.tflite (and optionally model_none.tflite, results, fact sheet, readme)",
         )
-    if upload.size > MAX_UPLOAD_MB * _MB:
-        raise refuse(
-            "too_large",
-            f"the upload is {upload.size / _MB:.1f} MB, over the limit of {MAX_UPLOAD_MB:g} MB",
-        )
+    if oversize(upload.size):
+        raise refuse("upload_too_large", oversize(upload.size))
 
     order = (at, upload.key)
     earlier = sorted(
@@ -349,8 +337,9 @@ class SubmissionReport:
     def codes(self) -> list[str]:
         return [e["code"] for e in self.errors]
 
-    def add(self, code: str, message: str) -> None:
-        self.errors.append({"code": code, "message": message})
+    def add(self, code_name: str, message: str) -> None:
+        registered(code_name)  # or a bug of ours
+        self.errors.append({"code": code_name, "message": message})
 
     def as_json(self) -> dict[str, Any]:
         return {

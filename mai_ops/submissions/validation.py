@@ -5,25 +5,24 @@ bucket. A record, once written, is the answer: processing the same upload again
 (a cleared task, a sweep after an event) returns it unchanged and sends nothing
 twice. The steps follow a fixed order (intake rules, archive and model checks,
 benchmark on the track's device, fidelity on validation data when the organizers
-staged it) and each way of failing ends in a record with a stable code, an email,
-and no effect on the other uploads.
+staged it; :mod:`mai_ops.submissions.evaluation` runs them) and each way of failing
+ends in a record with a registered code, an email, and no effect on the other uploads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mai_ops.challenge.config import Challenge
 from mai_ops.challenge.participants import Team
-from mai_ops.errors import NeedsOrganizer
 from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
 from mai_ops.notify.ledger import Notice
+from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable, runtime_ms
 
-log = logging.getLogger(__name__)
 RECORDS = "uploads/"
 # A run answers at most this many uploads per track; the next run takes the rest.
 MAX_PER_RUN = 200
@@ -83,158 +82,56 @@ def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
     return past
 
 
-# Failures of ours, not of the submission: clearing the task processes the upload again.
-RETRYABLE_CODES = frozenset(
-    {
-        "internal_error",
-        "benchmark_device_offline",
-        "benchmark_adb_failed",
-        "benchmark_adb_missing",
-        "benchmark_timeout",
-    }
-)
-
-
-def _retryable(record: dict) -> bool:
-    return record["status"] == "failed" and any(
-        e["code"] in RETRYABLE_CODES for e in record["errors"]
-    )
-
-
 def process_upload(
     s3: Any, challenge: Challenge, teams: list[Team], key: str, retry_failed: bool = True
 ) -> dict:
-    """Judge, check, benchmark and score one upload; store and return its record.
+    """Judge one upload by the intake rules, then evaluate it; store and return its record.
 
     Whatever goes wrong with this one upload ends in a stored record with a code, so
     it is answered and never retried in a loop by the sweep; only a failure to reach
     the storage itself propagates (the task retries). A record that failed for a
-    reason of ours (``RETRYABLE_CODES``: a crash, a phone offline) is processed again
-    when its task is cleared; any other record is the answer.
+    reason of ours (a registered code with ``retry``: a crash, a phone offline) is
+    processed again when its task is cleared; any other record is the answer.
     """
-    from mai_ops.submissions.intake import MAX_UPLOAD_MB, IntakeError, Upload, judge_upload
+    from mai_ops.models.fidelity import load_validation_set
+    from mai_ops.submissions.intake import IntakeError, Upload, judge_upload, oversize
 
     results = challenge.buckets.results
     head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
     etag = head["ETag"].strip('"')
     if object_exists(s3, results, record_key(key, etag)):
         stored = get_json(s3, results, record_key(key, etag))
-        if not (retry_failed and _retryable(stored)):
+        if not (retry_failed and retryable(stored)):
             return stored
-    record: dict[str, Any] = {
-        "key": key,
-        "etag": etag,
-        "uploaded_at": head["LastModified"].astimezone(dt.UTC).isoformat(),
-        "size": head["ContentLength"],
-        "sha256": None,
-        "track": None,
-        "phase": None,
-        "team": None,
-        "status": "rejected",
-        "errors": [],
-        "checks": None,
-        "runtime": None,
-        "metrics": None,
-        "score": None,
-    }
+    uploaded_at = head["LastModified"].astimezone(dt.UTC)
+    record = Evaluation(
+        key=key, etag=etag, uploaded_at=uploaded_at.isoformat(), size=head["ContentLength"]
+    )
     parts = key.split("/")
     if len(parts) == 4:
-        record.update(track=parts[0], phase=parts[1], team=parts[2])
-    if record["size"] > MAX_UPLOAD_MB * 1024 * 1024:  # judged before a byte is downloaded
-        record["errors"] = [
-            {
-                "code": "too_large",
-                "message": f"the upload is {record['size'] / 2**20:.1f} MB, "
-                f"over the limit of {MAX_UPLOAD_MB:g} MB",
-            }
-        ]
-        put_json(s3, results, record_key(key, etag), record)
-        return record
+        record.track, record.phase, record.team = parts[:3]
+    if oversize(record.size):  # judged before a byte is downloaded
+        record.fail(IntakeError("upload_too_large", oversize(record.size)))
+        put_json(s3, results, record_key(key, etag), record.as_json())
+        return record.as_json()
     with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
         archive = Path(tmp) / "upload.zip"
         s3.download_file(challenge.buckets.submissions, key, str(archive))
-        record["sha256"] = sha256_of_file(archive)
-        upload = Upload(
-            key=key,
-            size=record["size"],
-            uploaded_at=head["LastModified"].astimezone(dt.UTC),
-            sha256=record["sha256"],
-        )
+        record.sha256 = sha256_of_file(archive)
+        upload = Upload(key=key, size=record.size, uploaded_at=uploaded_at, sha256=record.sha256)
         try:
             path = judge_upload(upload, challenge, teams, _history(s3, challenge, key, etag))
         except IntakeError as exc:
-            record["errors"] = [{"code": exc.code, "message": exc.message}]
+            record.fail(exc)
         else:
-            record.update(track=path.track, phase=path.phase, team=path.team)
-            try:
-                _check_and_measure(s3, challenge, path, archive, Path(tmp), record)
-            except NeedsOrganizer:
-                raise  # e.g. unusable validation data: the organizers fix it, then clear
-            except Exception as exc:  # one upload's failure must not loop or stop others
-                log.exception("processing %s failed", key)
-                record["status"] = "failed"
-                record["errors"] = [
-                    {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
-                ]
-    put_json(s3, results, record_key(key, etag), record)
-    return record
-
-
-def runtime_ms(runtime: dict | None) -> float | None:
-    """The runtime a score uses: the median, or the mean when the tool printed no median."""
-    if not runtime:
-        return None
-    return (
-        runtime.get("median_ms") if runtime.get("median_ms") is not None else runtime.get("avg_ms")
-    )
-
-
-def _check_and_measure(s3, challenge: Challenge, path, archive: Path, tmp: Path, record) -> None:
-    from mai_ops.devices.benchmark import BenchmarkError, run_benchmark
-    from mai_ops.submissions.intake import check_submission
-
-    track = challenge.track(path.track)
-    report = check_submission(archive, challenge, track.id, tmp / "work")
-    record["checks"] = report.as_json()
-    if not report.ok:
-        record["status"] = "failed"
-        record["errors"] = list(report.errors)
-        return
-    model = Path(report.model_path)
-    try:
-        result = run_benchmark(model, challenge.device(track.device), track)
-    except BenchmarkError as exc:
-        record["status"] = "failed"
-        record["errors"] = [{"code": f"benchmark_{exc.code}", "message": exc.message}]
-        return
-    record["runtime"] = result.as_json()
-    record["status"] = "ok"
-    if path.phase == "validation":
-        _validation_score(s3, challenge, track, model, report, result, record)
-
-
-def _validation_score(s3, challenge, track, model, report, result, record) -> None:
-    """Fidelity on the organizers' validation data, when they staged it, and the score."""
-    from mai_ops.models.fidelity import (
-        FidelityError,
-        evaluate_model,
-        load_validation_set,
-        score_from,
-    )
-
-    inputs, truths = load_validation_set(s3, challenge, track)
-    if not inputs:
-        record["notes"] = ["no validation ground truth staged: runtime only"]
-        return
-    fidelity_model = Path(report.fidelity_model_path or model)
-    try:
-        fidelity = evaluate_model(fidelity_model, track, inputs, truths)
-    except FidelityError as exc:
-        record["status"] = "failed"
-        record["errors"] = [{"code": exc.code, "message": exc.message}]
-        return
-    record["metrics"] = fidelity.metrics
-    record["score"] = score_from(track, fidelity.metrics, runtime_ms(record["runtime"]))
+            record.track, record.phase, record.team = path.track, path.phase, path.team
+            track = challenge.track(path.track)
+            data = None
+            if path.phase == "validation":
+                data = partial(load_validation_set, s3, challenge, track)
+            evaluate(record, challenge, track, archive, Path(tmp), fidelity_data=data)
+    put_json(s3, results, record_key(key, etag), record.as_json())
+    return record.as_json()
 
 
 def _ms(value: float | None) -> str:

@@ -1,0 +1,201 @@
+"""One submission, from archive to record: the stages every submission passes.
+
+The validation server and final scoring both call :func:`evaluate`; they differ only
+in what they hand it (the upload or the frozen copy with its expected sha256, the
+validation data or none) and in what they do with the :class:`Evaluation` record.
+The stages run in a fixed order, one short function each:
+
+1. ``integrity``: the archive's sha256 against the one expected (when given);
+2. ``unpack``, ``convert``, ``check``: the archive unpacked safely, a SavedModel or
+   Keras model converted, the model(s) checked (:func:`~mai_ops.submissions.intake.
+   check_submission`; the record lists which of the three ran);
+3. ``benchmark``: the runtime model on the track's device;
+4. ``fidelity``: the model on the data, when data is given and staged;
+5. ``score``: the track's formula over the metrics and the runtime.
+
+A stage that fails raises a :class:`~mai_ops.errors.StageError` with a registered
+code; the record gets it as ``{code, stage, message}`` and the status ``failed``
+(``rejected`` when an intake rule refused the upload). Anything else that goes
+wrong is ``internal_error``: one submission's failure never stops the others. Only
+:class:`~mai_ops.errors.NeedsOrganizer` propagates (unusable organizer data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mai_ops.challenge.config import Challenge, Track
+from mai_ops.errors import CODES, NeedsOrganizer, StageError, registered
+from mai_ops.infra.storage import sha256_of_file
+
+log = logging.getLogger(__name__)
+STATUSES = ("ok", "failed", "rejected")
+
+
+def runtime_ms(runtime: dict | None) -> float | None:
+    """The runtime a score uses: the median, or the mean when the tool printed no median."""
+    if not runtime:
+        return None
+    return (
+        runtime.get("median_ms") if runtime.get("median_ms") is not None else runtime.get("avg_ms")
+    )
+
+
+@dataclass
+class Evaluation:
+    """What became of one submission; ``as_json()`` is the stored record."""
+
+    key: str | None = None  # the upload's key in the submissions bucket
+    etag: str | None = None
+    uploaded_at: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    track: str | None = None
+    phase: str | None = None
+    team: str | None = None
+    device: str | None = None
+    status: str = "ok"
+    errors: list[dict[str, str]] = field(default_factory=list)
+    stages: list[str] = field(default_factory=list)  # the stages passed, in order
+    checks: dict[str, Any] | None = None
+    runtime: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    score: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, *errors: StageError) -> None:
+        """Record why the submission stopped: rejected by an intake rule, or failed."""
+        self.errors = [e.as_json() for e in errors]
+        self.status = "rejected" if all(e.stage == "intake" for e in errors) else "failed"
+
+    @property
+    def runtime_ms(self) -> float | None:
+        return runtime_ms(self.runtime)
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"runtime_ms": self.runtime_ms}
+
+
+def retryable(record: dict) -> bool:
+    """A stored record that failed for a reason of ours: clearing the task runs it again."""
+    return record.get("status") == "failed" and any(
+        code in CODES and CODES[code].retry for code in (e["code"] for e in record["errors"])
+    )
+
+
+class _Failed(Exception):
+    """Several errors of one stage (a model can break several checks at once)."""
+
+    def __init__(self, errors: list[StageError]):
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+@dataclass
+class _Run:
+    record: Evaluation
+    challenge: Challenge
+    track: Track
+    archive: Path
+    workdir: Path
+    expected_sha256: str | None
+    fidelity_data: Callable[[], tuple[list, list]] | None
+    model: Path | None = None
+    fidelity_model: Path | None = None
+
+
+def evaluate(
+    record: Evaluation,
+    challenge: Challenge,
+    track: Track,
+    archive: Path,
+    workdir: Path,
+    *,
+    expected_sha256: str | None = None,
+    fidelity_data: Callable[[], tuple[list, list]] | None = None,
+) -> Evaluation:
+    """Run every stage on ``archive`` (in scratch ``workdir``), filling ``record``.
+
+    ``fidelity_data`` returns (inputs, ground truths) when called; it is called only
+    once the model is benchmarked, so broken organizer data stops good submissions
+    alone. Returns ``record``.
+    """
+    record.track, record.device = track.id, track.device
+    run = _Run(record, challenge, track, archive, workdir, expected_sha256, fidelity_data)
+    try:
+        for stage in (_integrity, _unpack_convert_check, _benchmark, _fidelity, _score):
+            stage(run)
+    except StageError as exc:
+        record.fail(exc)
+    except _Failed as exc:
+        record.fail(*exc.errors)
+    except NeedsOrganizer:
+        raise  # e.g. unusable validation data: the organizers fix it, then clear
+    except Exception as exc:  # one submission's failure must not stop the others
+        log.exception("evaluating %s failed", record.key or archive)
+        record.fail(StageError("internal_error", f"{type(exc).__name__}: {exc}"))
+    return record
+
+
+def _integrity(run: _Run) -> None:
+    if run.expected_sha256 is None:
+        return  # nothing to compare with: an upload is judged by its own sha256
+    actual = sha256_of_file(run.archive)
+    if actual != run.expected_sha256:
+        raise StageError(
+            "frozen_copy_changed", f"sha256 is {actual}, manifest says {run.expected_sha256}"
+        )
+    run.record.stages.append("integrity")
+
+
+def _unpack_convert_check(run: _Run) -> None:
+    from mai_ops.submissions.intake import check_submission
+
+    report = check_submission(run.archive, run.challenge, run.track.id, run.workdir / "work")
+    run.record.checks = report.as_json()
+    failed = {registered(code).stage for code in report.codes}
+    for stage in ("unpack", "convert", "check"):
+        if stage in failed:
+            break
+        if stage != "convert" or report.converted_from:
+            run.record.stages.append(stage)
+    if failed:
+        raise _Failed([StageError(e["code"], e["message"]) for e in report.errors])
+    run.model = Path(report.model_path)
+    run.fidelity_model = Path(report.fidelity_model_path or report.model_path)
+
+
+def _benchmark(run: _Run) -> None:
+    from mai_ops.devices.benchmark import run_benchmark
+
+    result = run_benchmark(run.model, run.challenge.device(run.track.device), run.track)
+    run.record.runtime = result.as_json()
+    run.record.stages.append("benchmark")
+
+
+def _fidelity(run: _Run) -> None:
+    from mai_ops.models.fidelity import evaluate_model
+
+    if run.fidelity_data is None:
+        return
+    inputs, truths = run.fidelity_data()
+    if not inputs:
+        run.record.notes.append("no validation ground truth staged: runtime only")
+        return
+    result = evaluate_model(run.fidelity_model, run.track, inputs, truths)
+    run.record.metrics = result.metrics
+    run.record.stages.append("fidelity")
+
+
+def _score(run: _Run) -> None:
+    from mai_ops.models.fidelity import score_from
+
+    if run.record.metrics is None:
+        return
+    run.record.score = score_from(run.track, run.record.metrics, run.record.runtime_ms)
+    run.record.stages.append("score")
