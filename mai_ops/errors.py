@@ -49,7 +49,7 @@ def _codes(stage: str, retry: bool = False, **meanings: str) -> list[Code]:
 _ALL = [
     *_codes(
         "intake",
-        bad_key="the upload is not at <track>/<phase>/<team>/<file>.zip",
+        bad_key="the upload is not at `<track>/<phase>/<team>/<file>.zip`",
         unknown_track="the key's track is not a track of the challenge",
         unknown_phase="the key's phase is not 'validation' or 'final'",
         unknown_team="the key's team is not a registered team",
@@ -197,11 +197,6 @@ class StageError(Exception):
 
     def as_json(self) -> dict[str, str]:
         return {"code": self.code, "stage": self.stage, "message": self.message}
-
-
-def error_entry(code_name: str, message: str) -> dict[str, str]:
-    """One entry of a record's ``errors``: ``{code, stage, message}``, the code checked."""
-    return {"code": code_name, "stage": registered(code_name).stage, "message": message}
 
 
 def render_markdown() -> str:

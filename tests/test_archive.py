@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from mai_ops.errors import stage_codes
 from mai_ops.submissions.archive import (
-    ERROR_CODES,
     RATIO_FLOOR_BYTES,
     ArchiveError,
     ArchiveLimits,
@@ -234,19 +234,19 @@ CORPUS = [
     (
         "too_large_member",
         lambda: build([("model.tflite", rand(MB + 1000))], zipfile.ZIP_STORED),
-        "too_large",
+        "member_too_large",
         ArchiveLimits(max_member_mb=1),
     ),
     (
         "too_large_total",
         lambda: build([(f"{i}.bin", nibbles(400_000, i)) for i in range(3)]),  # 2:1, 0.6 MB zip
-        "too_large",
+        "archive_too_large",
         ArchiveLimits(max_total_mb=1, max_member_mb=1),
     ),
     (
         "too_large_archive_file",
         lambda: build([("model.tflite", rand(300_000))], zipfile.ZIP_STORED),
-        "too_large",
+        "archive_too_large",
         ArchiveLimits(max_total_mb=0.25),
     ),
     ("too_many_files", lambda: _many(200), "too_many_files", None),
@@ -376,7 +376,7 @@ def assert_nothing_written(tmp_path: Path, dest: Path) -> None:
     "data, code, limits", [pytest.param(d, c, lim, id=i) for i, d, c, lim in CORPUS]
 )
 def test_malformed_archive_is_rejected_with_its_code(place, tmp_path, data, code, limits):
-    assert code in ERROR_CODES
+    assert code in stage_codes("unpack")
     archive, dest = place(data() if callable(data) else data)
     with pytest.raises(ArchiveError) as caught:
         unpack_submission(archive, dest, limits or ArchiveLimits())
@@ -386,7 +386,7 @@ def test_malformed_archive_is_rejected_with_its_code(place, tmp_path, data, code
 
 
 def test_corpus_covers_every_archive_code():
-    assert {c for _, _, c, _ in CORPUS} == set(ERROR_CODES)
+    assert {c for _, _, c, _ in CORPUS} == stage_codes("unpack")
     assert len({i for i, *_ in CORPUS}) == len(CORPUS) >= 30
 
 

@@ -97,7 +97,7 @@ def test_standin_adb_partial_delegation_fails_where_full_is_required(standin, mo
     standin("success", "tflite_gpu_partial_3_kernels.log")
     with pytest.raises(BenchmarkError, match="only partly on the GPU delegate") as exc:
         run_adb(model, PHONE, require_full_delegation=True, retry_delay_s=0)
-    assert exc.value.code == "partial_delegation"
+    assert exc.value.code == "benchmark_partial_delegation"
     # Without the requirement the same run is reported, flagged as partial.
     result = run_adb(model, PHONE, require_full_delegation=False, retry_delay_s=0)
     assert result.fully_delegated is False
@@ -107,7 +107,7 @@ def test_standin_adb_offline_is_retried_then_reported(standin, model):
     calls = standin("offline")
     with pytest.raises(BenchmarkError, match=r"is 'offline' \(after 3 attempts\)") as exc:
         run_adb(model, PHONE, attempts=3, retry_delay_s=0)
-    assert exc.value.code == "device_offline"
+    assert exc.value.code == "benchmark_device_offline"
     assert [c[2] for c in calls()] == ["get-state"] * 3
 
 
@@ -121,18 +121,18 @@ def test_standin_adb_unknown_serial_names_the_device(standin, model):
     standin("unknown-serial")
     with pytest.raises(BenchmarkError, match="R5CN20ABCDE' not found") as exc:
         run_adb(model, PHONE, attempts=2, retry_delay_s=0)
-    assert exc.value.code == "adb_failed"
+    assert exc.value.code == "benchmark_adb_failed"
 
 
 def test_standin_adb_crash_output_is_an_error_not_zero(standin, model):
     standin("crash")
     with pytest.raises(BenchmarkError) as exc:
         run_adb(model, PHONE, attempts=1, retry_delay_s=0)
-    assert exc.value.code in {"adb_failed", "unparseable_output"}
+    assert exc.value.code in {"benchmark_adb_failed", "benchmark_unparseable_output"}
 
 
 def test_missing_adb_executable(monkeypatch, model):
     monkeypatch.setenv("MAI_OPS_ADB", "/nonexistent/adb")
     with pytest.raises(BenchmarkError, match="adb executable not found") as exc:
         run_adb(model, PHONE, attempts=1, retry_delay_s=0)
-    assert exc.value.code == "adb_missing"
+    assert exc.value.code == "benchmark_adb_missing"

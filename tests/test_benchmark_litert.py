@@ -225,7 +225,7 @@ def test_as_json_keys(models):
 def test_garbage_file_is_load_failed(models):
     with pytest.raises(BenchmarkError, match="cannot open the model") as exc:
         run_litert(models["garbage"], **FAST)
-    assert exc.value.code == "load_failed"
+    assert exc.value.code == "benchmark_load_failed"
 
 
 def test_huge_tensor_is_memory_exceeded(models):
@@ -234,7 +234,7 @@ def test_huge_tensor_is_memory_exceeded(models):
     # fit in 512 MiB and says memory_exceeded, not load_failed.
     with pytest.raises(BenchmarkError, match=r"tensors need 1024 to \d+ MiB") as exc:
         run_litert(models["huge"], memory_mb=512, **FAST)
-    assert exc.value.code == "memory_exceeded"
+    assert exc.value.code == "benchmark_memory_exceeded"
     assert "limit is 512 MiB" in exc.value.message
 
 
@@ -243,21 +243,21 @@ def test_limit_below_the_runtime_itself_is_memory_exceeded(models):
     # is opened; the child dies on import and the message says the limit is to blame.
     with pytest.raises(BenchmarkError) as exc:
         run_litert(models["float"], memory_mb=64, **FAST)
-    assert exc.value.code == "memory_exceeded", exc.value.message
+    assert exc.value.code == "benchmark_memory_exceeded", exc.value.message
     assert "64 MiB" in exc.value.message
 
 
 def test_invoke_error_is_invoke_failed(models):
     with pytest.raises(BenchmarkError, match="invoke failed") as exc:
         run_litert(models["gather"], **FAST)
-    assert exc.value.code == "invoke_failed"
+    assert exc.value.code == "benchmark_invoke_failed"
 
 
 def test_hang_is_killed_as_timeout(models):
     # min_seconds far beyond the timeout: the child is still running when time is up.
     with pytest.raises(BenchmarkError, match="no result within 5 s, killed") as exc:
         run_litert(models["float"], threads=1, min_runs=1, min_seconds=3600, timeout_s=5)
-    assert exc.value.code == "timeout"
+    assert exc.value.code == "benchmark_timeout"
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path, monkeypatch, models):
@@ -271,7 +271,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path, monkeypatch, models):
     monkeypatch.setattr(benchmark_litert, "child_command", lambda: [sys.executable, "-c", script])
     with pytest.raises(BenchmarkError) as exc:
         run_litert(models["float"], **dict(FAST, timeout_s=3))
-    assert exc.value.code == "timeout"
+    assert exc.value.code == "benchmark_timeout"
     pid = int(pid_file.read_text())
     assert _gone(pid), f"grandchild {pid} survived the timeout"
 
@@ -293,7 +293,7 @@ def test_runtime_crash_is_crashed(monkeypatch, models):
     monkeypatch.setattr(benchmark_litert, "child_command", lambda: [sys.executable, "-c", script])
     with pytest.raises(BenchmarkError, match="killed by SIGSEGV") as exc:
         run_litert(models["float"], **FAST)
-    assert exc.value.code == "crashed"
+    assert exc.value.code == "benchmark_crashed"
 
 
 def test_oom_killer_is_memory_exceeded(monkeypatch, models):
@@ -302,7 +302,7 @@ def test_oom_killer_is_memory_exceeded(monkeypatch, models):
     monkeypatch.setattr(benchmark_litert, "child_command", lambda: [sys.executable, "-c", script])
     with pytest.raises(BenchmarkError, match="killed by SIGKILL") as exc:
         run_litert(models["float"], **FAST)
-    assert exc.value.code == "memory_exceeded"
+    assert exc.value.code == "benchmark_memory_exceeded"
 
 
 @pytest.mark.parametrize(
@@ -316,7 +316,7 @@ def test_oom_killer_is_memory_exceeded(monkeypatch, models):
 def test_bad_input_shapes_are_bad_request(models, shapes, match):
     with pytest.raises(BenchmarkError, match=match) as exc:
         run_litert(models["dynamic"], input_shapes=shapes, **FAST)
-    assert exc.value.code == "bad_request"
+    assert exc.value.code == "benchmark_bad_request"
 
 
 @pytest.mark.parametrize(
@@ -333,13 +333,13 @@ def test_bad_input_shapes_are_bad_request(models, shapes, match):
 def test_bad_arguments_are_bad_request(models, kwargs, match):
     with pytest.raises(BenchmarkError, match=match) as exc:
         run_litert(models["float"], **kwargs)
-    assert exc.value.code == "bad_request"
+    assert exc.value.code == "benchmark_bad_request"
 
 
 def test_missing_file_is_bad_request(tmp_path):
     with pytest.raises(BenchmarkError, match="no model file") as exc:
         run_litert(tmp_path / "nope.tflite")
-    assert exc.value.code == "bad_request"
+    assert exc.value.code == "benchmark_bad_request"
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ def test_cli_text(models, capsys):
 
 def test_cli_failure_exit_1_with_code_on_stderr(models, capsys):
     assert _cli(["benchmark", models["garbage"], "--threads", "1"]) == 1
-    assert capsys.readouterr().err.startswith("load_failed: ")
+    assert capsys.readouterr().err.startswith("benchmark_load_failed: ")
 
 
 def test_cli_missing_file_exit_2(tmp_path, capsys):
@@ -403,7 +403,7 @@ def test_cli_missing_file_exit_2(tmp_path, capsys):
 
 def test_cli_bad_argument_exit_2(models, capsys):
     assert _cli(["benchmark", models["float"], "--threads", "0"]) == 2
-    assert capsys.readouterr().err.startswith("bad_request: threads must be")
+    assert capsys.readouterr().err.startswith("benchmark_bad_request: threads must be")
 
 
 def test_cli_usage_error_exit_2():

@@ -465,7 +465,7 @@ def test_nan_output_is_a_clear_error(models, challenge):
     images = crops(2)
     with pytest.raises(FidelityError) as err:
         evaluate_model(models["nan"], challenge.track("denoising"), images, images)
-    assert err.value.code == "non_finite_output"
+    assert err.value.code == "fidelity_non_finite_output"
     assert "NaN" in err.value.message
     assert err.value.sample == "0000"
 
@@ -480,29 +480,32 @@ def test_model_failures_have_codes(models, challenge, tmp_path):
     garbage.write_bytes(b"not a flatbuffer" * 10)
     with pytest.raises(FidelityError) as err:
         evaluate_model(garbage, track, images, images)
-    assert err.value.code == "model_load_failed"
+    assert err.value.code == "fidelity_load_failed"
 
     # A fixed 64x64 model given a 40x40 image.
     small = crops(1, side=40)
     with pytest.raises(FidelityError) as err:
         evaluate_model(models["offset"], track, small, small)
-    assert err.value.code == "input_mismatch"
+    assert err.value.code == "fidelity_input_mismatch"
     assert "[1, 40, 40, 3]" in err.value.message
 
     # The output (64x64x3) cannot be compared with a 64x64x1 ground truth.
     with pytest.raises(FidelityError) as err:
         evaluate_model(models["identity"], track, images, [images[0][..., :1]])
-    assert err.value.code == "output_mismatch"
+    assert err.value.code == "fidelity_output_mismatch"
     assert "(1, 64, 64, 3)" in err.value.message and "(64, 64, 1)" in err.value.message
 
     with pytest.raises(FidelityError) as err:
         evaluate_model(models["identity"], track, images, images, timeout_s=0.01)
-    assert err.value.code == "timeout"
+    assert err.value.code == "fidelity_timeout"
 
 
 @pytest.mark.parametrize(
     ("sig", "code", "text"),
-    [("SIGSEGV", "crashed", "killed by SIGSEGV"), ("SIGKILL", "memory_exceeded", "out of memory")],
+    [
+        ("SIGSEGV", "fidelity_crashed", "killed by SIGSEGV"),
+        ("SIGKILL", "fidelity_memory_exceeded", "out of memory"),
+    ],
 )
 def test_a_child_killed_by_a_signal(models, challenge, monkeypatch, sig, code, text):
     from mai_ops.models import fidelity

@@ -18,9 +18,9 @@ import sys
 import pytest
 
 from mai_ops.challenge.config import load_challenge
+from mai_ops.errors import stage_codes
 from mai_ops.models import sandbox as model_sandbox
 from mai_ops.models.checks import (
-    ERROR_CODES,
     ModelSpec,
     check_model,
     format_report,
@@ -250,7 +250,7 @@ def test_nan_output_is_non_finite(models):
 def test_oversized_model_is_too_large_and_still_checked(models):
     spec = ModelSpec(inputs=[(IMAGE, "float32")], outputs=[(IMAGE, "float32")], max_size_mb=0.0005)
     report = check_model(models["keras_float"], spec)
-    assert codes(report) == ["too_large"]
+    assert codes(report) == ["model_too_large"]
     assert report.ops == ["CONV_2D"]  # the other checks ran
 
 
@@ -288,13 +288,13 @@ def test_huge_intermediate_tensor_is_memory_exceeded(models, memory_mb):
     # 1024 MiB: the allocation itself fails inside the limited child.
     spec = ModelSpec(inputs=[(IMAGE, "float32")], outputs=[((1, 3), "float32")])
     report = check_model(models["huge"], spec, SandboxLimits(timeout_s=60, memory_mb=memory_mb))
-    assert codes(report) == ["memory_exceeded"]
+    assert codes(report) == ["check_memory_exceeded"]
     assert report.ops == ["RESHAPE", "TILE", "MEAN"]
 
 
 def test_model_that_hangs_is_a_timeout_and_keeps_what_was_learnt(models):
     report = check_model(models["hang"], FLOAT, SandboxLimits(timeout_s=3, memory_mb=1024))
-    assert codes(report) == ["timeout"]
+    assert codes(report) == ["check_timeout"]
     assert "forward pass" in report.errors[0].message
     assert report.ops[0] == "WHILE" and report.inputs[0]["shape"] == [1, 32, 32, 3]
 
@@ -303,7 +303,7 @@ def test_child_killed_by_a_signal_is_crashed(models, monkeypatch):
     crash = f"import os, signal; os.kill(os.getpid(), signal.{signal.SIGSEGV.name})"
     monkeypatch.setattr(model_sandbox, "child_command", lambda: [sys.executable, "-c", crash])
     report = check_model(models["keras_float"], FLOAT)
-    assert codes(report) == ["crashed"]
+    assert codes(report) == ["check_crashed"]
     assert "SIGSEGV" in report.errors[0].message
 
 
@@ -311,7 +311,7 @@ def test_child_killed_by_sigkill_is_memory_exceeded(models, monkeypatch):
     # What the kernel's OOM killer does; our own timeout kill is reported as timeout.
     kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     monkeypatch.setattr(model_sandbox, "child_command", lambda: [sys.executable, "-c", kill])
-    assert codes(check_model(models["keras_float"], FLOAT)) == ["memory_exceeded"]
+    assert codes(check_model(models["keras_float"], FLOAT)) == ["check_memory_exceeded"]
 
 
 def test_mai_ops_modules_import_neither_tensorflow_nor_litert(models):
@@ -330,8 +330,10 @@ def test_mai_ops_modules_import_neither_tensorflow_nor_litert(models):
 
 
 def test_every_reported_code_is_documented():
-    assert {"empty_file", "not_tflite", "timeout", "memory_exceeded", "crashed"} <= set(ERROR_CODES)
-    assert all(code == code.lower() and " " not in code for code in ERROR_CODES)
+    checks = stage_codes("check")
+    assert {"empty_file", "not_tflite", "check_timeout", "check_memory_exceeded"} <= checks
+    assert "check_crashed" in checks
+    assert all(code == code.lower() and " " not in code for code in checks)
 
 
 # --- conversion -----------------------------------------------------------------------
@@ -390,7 +392,7 @@ def test_cli_json_of_a_failing_model(models, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert set(doc) == {"ok", "errors", "inputs", "outputs", "ops"}
     assert doc["ok"] is False
-    assert [e["code"] for e in doc["errors"]] == ["too_large", "not_quantized", "input_dtype"]
+    assert [e["code"] for e in doc["errors"]] == ["model_too_large", "not_quantized", "input_dtype"]
 
 
 def test_cli_checks_against_a_challenge_track(models, capsys):

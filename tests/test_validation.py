@@ -217,24 +217,28 @@ def test_an_oversized_upload_is_rejected_before_it_is_downloaded(
     key = "depth/validation/borealis/huge.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
     record = tasks.validate_upload(MAI2021, key)
-    assert record["status"] == "rejected" and record["errors"][0]["code"] == "too_large"
+    assert record["status"] == "rejected" and record["errors"][0]["code"] == "upload_too_large"
 
 
 def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.submissions.validation
+    import mai_ops.submissions.evaluation
 
     def explode(*args, **kwargs):
         raise RuntimeError("the device caught fire")
 
-    monkeypatch.setattr(mai_ops.submissions.validation, "_check_and_measure", explode)
+    monkeypatch.setattr(mai_ops.submissions.evaluation, "_benchmark", explode)
     key = "depth/validation/borealis/boom.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
     record = tasks.validate_upload(MAI2021, key)
     assert record["status"] == "failed"
     assert record["errors"] == [
-        {"code": "internal_error", "message": "RuntimeError: the device caught fire"}
+        {
+            "code": "internal_error",
+            "stage": "internal",
+            "message": "RuntimeError: the device caught fire",
+        }
     ]
     assert pending_uploads(s3, CH) == []  # answered: the sweep will not pick it up again
     assert "internal_error" in mail_for(airflow_connections.folder, key)
@@ -243,20 +247,18 @@ def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
 def test_a_cleared_task_retries_an_upload_that_failed_on_our_side(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.submissions.validation
+    import mai_ops.submissions.evaluation
 
-    real = mai_ops.submissions.validation._check_and_measure
+    real = mai_ops.submissions.evaluation._benchmark
 
     def explode(*args, **kwargs):
         raise RuntimeError("injected fault")
 
     key = "depth/validation/borealis/retry.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
-    monkeypatch.setattr(mai_ops.submissions.validation, "_check_and_measure", explode)
+    monkeypatch.setattr(mai_ops.submissions.evaluation, "_benchmark", explode)
     assert tasks.validate_upload(MAI2021, key)["status"] == "failed"
-    monkeypatch.setattr(
-        mai_ops.submissions.validation, "_check_and_measure", real
-    )  # the fix is deployed
+    monkeypatch.setattr(mai_ops.submissions.evaluation, "_benchmark", real)  # the fix is deployed
     assert tasks.validate_upload(MAI2021, key)["status"] == "ok"  # the organizer clears
     assert tasks.validate_upload(MAI2021, key)["status"] == "ok"  # and again: no change
     subjects = [m["Subject"] for m in read_outbox(airflow_connections.folder)]
