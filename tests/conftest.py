@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,16 @@ def reference_model(track_id: str) -> bytes:
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
     return path.read_bytes()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (or is a zombie), waiting a moment for a SIGKILL to land."""
+    for _ in range(100):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in {"Z", "X"}:
+            return True
+        time.sleep(0.05)
+    return False

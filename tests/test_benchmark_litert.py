@@ -17,13 +17,15 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from mai_ops.devices import litert as benchmark_litert
-from mai_ops.devices.litert import BenchmarkError, BenchmarkResult, run_litert, summarize
+from mai_ops.devices.litert import BenchmarkError, BenchmarkResult, run_litert
+from mai_ops.devices.litert_child import summarize
+from mai_ops.infra import child
+from tests.conftest import process_gone
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -268,29 +270,17 @@ def test_timeout_kills_the_whole_process_group(tmp_path, monkeypatch, models):
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(600)\n"
     )
-    monkeypatch.setattr(benchmark_litert, "child_command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", script])
     with pytest.raises(BenchmarkError) as exc:
         run_litert(models["float"], **dict(FAST, timeout_s=3))
     assert exc.value.code == "benchmark_timeout"
     pid = int(pid_file.read_text())
-    assert _gone(pid), f"grandchild {pid} survived the timeout"
-
-
-def _gone(pid: int) -> bool:
-    for _ in range(100):  # the kernel may take a moment to deliver SIGKILL and reap
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in {"Z", "X"}:
-            return True
-        time.sleep(0.05)
-    return False
+    assert process_gone(pid), f"grandchild {pid} survived the timeout"
 
 
 def test_runtime_crash_is_crashed(monkeypatch, models):
     script = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
-    monkeypatch.setattr(benchmark_litert, "child_command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", script])
     with pytest.raises(BenchmarkError, match="killed by SIGSEGV") as exc:
         run_litert(models["float"], **FAST)
     assert exc.value.code == "benchmark_crashed"
@@ -299,7 +289,7 @@ def test_runtime_crash_is_crashed(monkeypatch, models):
 def test_oom_killer_is_memory_exceeded(monkeypatch, models):
     # A SIGKILL that the parent did not send comes from the kernel's OOM killer.
     script = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
-    monkeypatch.setattr(benchmark_litert, "child_command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", script])
     with pytest.raises(BenchmarkError, match="killed by SIGKILL") as exc:
         run_litert(models["float"], **FAST)
     assert exc.value.code == "benchmark_memory_exceeded"

@@ -21,8 +21,7 @@ CODE_CALLS = {
     "ArchiveError",
     "BenchmarkError",
     "FidelityError",
-    "_Failure",
-    "_Stop",
+    "ChildFailure",
     "refuse",
     "_classify",
 }

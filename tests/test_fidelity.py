@@ -508,10 +508,11 @@ def test_model_failures_have_codes(models, challenge, tmp_path):
     ],
 )
 def test_a_child_killed_by_a_signal(models, challenge, monkeypatch, sig, code, text):
+    from mai_ops.infra import child
     from mai_ops.models import fidelity
 
     die = f"import os, signal, sys; sys.stdin.read(); os.kill(os.getpid(), signal.{sig})"
-    monkeypatch.setattr(fidelity, "child_command", lambda: [sys.executable, "-c", die])
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", die])
     images = crops(1)
     with pytest.raises(fidelity.FidelityError) as err:
         fidelity.evaluate_model(models["identity"], challenge.track("denoising"), images, images)

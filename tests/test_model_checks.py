@@ -19,7 +19,8 @@ import pytest
 
 from mai_ops.challenge.config import load_challenge
 from mai_ops.errors import stage_codes
-from mai_ops.models import sandbox as model_sandbox
+from mai_ops.infra import child
+from mai_ops.infra.child import ChildLimits
 from mai_ops.models.checks import (
     ModelSpec,
     check_model,
@@ -27,8 +28,8 @@ from mai_ops.models.checks import (
     parse_shape,
     register_cli,
 )
+from mai_ops.models.checks_child import gpu_warnings
 from mai_ops.models.conversion import ConversionError, convert_model, representative_dataset
-from mai_ops.models.sandbox import SandboxLimits, gpu_warnings
 from tests.conftest import MAI2021, PROJECT
 
 IMAGE = (1, 32, 32, 3)
@@ -287,13 +288,13 @@ def test_huge_intermediate_tensor_is_memory_exceeded(models, memory_mb):
     # 512 MiB: the 768 MiB tensor alone is over the limit, known before allocating.
     # 1024 MiB: the allocation itself fails inside the limited child.
     spec = ModelSpec(inputs=[(IMAGE, "float32")], outputs=[((1, 3), "float32")])
-    report = check_model(models["huge"], spec, SandboxLimits(timeout_s=60, memory_mb=memory_mb))
+    report = check_model(models["huge"], spec, ChildLimits(timeout_s=60, memory_mb=memory_mb))
     assert codes(report) == ["check_memory_exceeded"]
     assert report.ops == ["RESHAPE", "TILE", "MEAN"]
 
 
 def test_model_that_hangs_is_a_timeout_and_keeps_what_was_learnt(models):
-    report = check_model(models["hang"], FLOAT, SandboxLimits(timeout_s=3, memory_mb=1024))
+    report = check_model(models["hang"], FLOAT, ChildLimits(timeout_s=3, memory_mb=1024))
     assert codes(report) == ["check_timeout"]
     assert "forward pass" in report.errors[0].message
     assert report.ops[0] == "WHILE" and report.inputs[0]["shape"] == [1, 32, 32, 3]
@@ -301,7 +302,7 @@ def test_model_that_hangs_is_a_timeout_and_keeps_what_was_learnt(models):
 
 def test_child_killed_by_a_signal_is_crashed(models, monkeypatch):
     crash = f"import os, signal; os.kill(os.getpid(), signal.{signal.SIGSEGV.name})"
-    monkeypatch.setattr(model_sandbox, "child_command", lambda: [sys.executable, "-c", crash])
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", crash])
     report = check_model(models["keras_float"], FLOAT)
     assert codes(report) == ["check_crashed"]
     assert "SIGSEGV" in report.errors[0].message
@@ -310,14 +311,15 @@ def test_child_killed_by_a_signal_is_crashed(models, monkeypatch):
 def test_child_killed_by_sigkill_is_memory_exceeded(models, monkeypatch):
     # What the kernel's OOM killer does; our own timeout kill is reported as timeout.
     kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
-    monkeypatch.setattr(model_sandbox, "child_command", lambda: [sys.executable, "-c", kill])
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", kill])
     assert codes(check_model(models["keras_float"], FLOAT)) == ["check_memory_exceeded"]
 
 
 def test_mai_ops_modules_import_neither_tensorflow_nor_litert(models):
     code = (
         "import json, sys\n"
-        "import mai_ops.models.checks as mc, mai_ops.models.conversion, mai_ops.models.sandbox\n"
+        "import mai_ops.models.checks as mc, mai_ops.models.conversion\n"
+        "import mai_ops.models.checks_child, mai_ops.models.conversion_child\n"
         f"spec = mc.ModelSpec(inputs=[({IMAGE!r}, 'float32')])\n"
         f"ok = mc.check_model({str(models['keras_float'])!r}, spec).ok\n"
         "print(json.dumps([ok, 'tensorflow' in sys.modules, 'ai_edge_litert' in sys.modules]))\n"

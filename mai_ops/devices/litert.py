@@ -1,13 +1,12 @@
 """Backend ``litert``: time a .tflite model with LiteRT on this machine's CPU.
 
 This is the embedded default device. The model runs in ``python -m
-mai_ops.devices.litert``, a child process with its own process group, an address-space
-limit (``RLIMIT_AS``) and a wall-clock timeout, so a model that hangs, eats the memory or
-crashes the runtime costs one failed benchmark, never the worker. The request goes in on
-stdin as one JSON object; the child answers with one JSON line per stage (``ready``,
-``loaded``, ``first``, ``warmup``, then ``result`` or ``error``) on a private copy of its
-stdout, whose real fd 1 is pointed at stderr first so nothing the C++ runtime prints can
-corrupt the answer. A child killed mid-run has still said how far it got.
+mai_ops.devices.litert_child``, started by :func:`mai_ops.infra.child.run_child`: its own
+process group, an address-space limit (``RLIMIT_AS``) and a wall-clock timeout, so a
+model that hangs, eats the memory or crashes the runtime costs one failed benchmark,
+never the worker. The child reports each stage as it is done (``ready``, ``loaded``,
+``first``, ``warmup``, then ``result`` or ``error``), so a child killed mid-run has still
+said how far it got.
 
 Methodology, as TensorFlow Lite's ``benchmark_model``:
 
@@ -38,42 +37,24 @@ so ``ops`` is always empty from this backend; the ``adb`` backend fills it.
 
 Limits: the memory limit is set on the child with ``prlimit`` by the parent right after
 the process starts (before the request, hence before the model, is sent) and again by the
-child itself with ``setrlimit`` before it imports anything. Not with ``preexec_fn``:
-Python code between ``fork`` and ``exec`` can deadlock when the parent has threads, and an
-Airflow worker has several (see the ``subprocess`` documentation).
+child itself with ``setrlimit`` before it imports numpy or LiteRT
+(:mod:`mai_ops.infra.child`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import re
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from mai_ops.errors import StageError, stage_codes
-from mai_ops.infra.child import (
-    apply_own_limits,
-    child_env,
-    kill_group,
-    limit_child,
-    signal_name,
-)
+from mai_ops.infra.child import ChildLimits, run_child
 
-_MB = 1024 * 1024
-_MEMORY_HINTS = re.compile(
-    r"bad_alloc|out of memory|cannot allocate memory|failed to (?:re)?allocate|memoryerror"
-    r"|failed to mmap|mmap failed|failed to map|memory allocation",
-    re.IGNORECASE,
-)
+CHILD = "mai_ops.devices.litert_child"
 _STAGE_NAMES = {
     "start": "start-up",
     "ready": "model loading",
@@ -222,104 +203,36 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def child_command() -> list[str]:
-    """The child's argv (a test may swap it for one that misbehaves)."""
-    return [sys.executable, "-m", "mai_ops.devices.litert"]
-
-
 def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
-    env = child_env()
-    # numpy's BLAS would start a thread per core, each reserving address space that counts
-    # against RLIMIT_AS; the benchmark never calls BLAS.
-    env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.Popen(
-        child_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # own process group: a timeout kills everything it started
-    )
-    limit_child(proc.pid, memory_mb)
-    started = time.monotonic()
-    timed_out = False
-    try:
-        out, err = proc.communicate(json.dumps(request).encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill_group(proc)
-        out, err = proc.communicate()
-    except BaseException:
-        kill_group(proc)  # e.g. the task itself was interrupted: leave nothing running
-        proc.communicate()
-        raise
-    seconds = time.monotonic() - started
-    steps = _parse_steps(out)
-    stderr = err.decode("utf-8", "replace")
-    stage = _STAGE_NAMES.get(next(reversed(steps), "start"), "the report")
-
-    if timed_out:
+    """The child's steps when it measured; a :class:`BenchmarkError` for every other end."""
+    outcome = run_child(CHILD, request, ChildLimits(timeout_s=timeout_s, memory_mb=memory_mb))
+    steps = outcome.steps
+    stage = _STAGE_NAMES.get(outcome.last_step, "the report")
+    if outcome.status == "timeout":
         done = ""
         if "warmup" in steps and "result" not in steps:
             done = " (the timed runs had not reached min_runs and min_seconds)"
         raise BenchmarkError(
             "benchmark_timeout", f"no result within {timeout_s:g} s, killed during {stage}{done}"
         )
-    if "error" in steps:
-        error = steps["error"]
-        code = error.get("code")
-        code = code if code in stage_codes("benchmark") else "benchmark_crashed"
-        raise BenchmarkError(code, str(error.get("message") or "no message"))
-    if proc.returncode == 0 and "result" in steps:
-        return steps
-    tail = _tail(stderr)
-    if proc.returncode is not None and proc.returncode < 0:
-        sig = -proc.returncode
-        name = signal_name(sig)
-        if sig == signal.SIGKILL:
-            # We did not send it: on Linux that is the kernel's OOM killer.
-            raise BenchmarkError(
-                "benchmark_memory_exceeded",
-                f"killed by SIGKILL during {stage} (out of memory?){tail}",
-            )
-        if _MEMORY_HINTS.search(stderr):
-            raise BenchmarkError(
-                "benchmark_memory_exceeded",
-                f"killed by {name} during {stage} after running out of memory"
-                f" (limit {memory_mb} MiB){tail}",
-            )
-        raise BenchmarkError("benchmark_crashed", f"killed by {name} during {stage}{tail}")
-    if _MEMORY_HINTS.search(stderr):
-        if "ready" not in steps:
-            stage += f" (the limit of {memory_mb} MiB is below what Python, numpy and LiteRT"
-            stage += " need before any model is opened, about 150 MiB of address space)"
-        raise BenchmarkError(
-            "benchmark_memory_exceeded",
-            f"ran out of memory during {stage}{tail}",
+    if outcome.status == "ok":
+        if "error" in steps:
+            error = steps["error"]
+            code = error.get("code")
+            code = code if code in stage_codes("benchmark") else "benchmark_crashed"
+            raise BenchmarkError(code, str(error.get("message") or "no message"))
+        if "result" in steps:
+            return steps
+        raise BenchmarkError("benchmark_crashed", f"finished without a result, during {stage}")
+    if outcome.status == "crashed":
+        raise BenchmarkError("benchmark_crashed", f"crashed during {stage}: {outcome.message}")
+    message = f"ran out of memory during {stage} (limit {memory_mb} MiB): {outcome.message}"
+    if "ready" not in steps:
+        message += (
+            " (the limit is below what Python, numpy and LiteRT need before any model is"
+            " opened, about 150 MiB of address space)"
         )
-    raise BenchmarkError(
-        "benchmark_crashed",
-        f"exited with status {proc.returncode} after {seconds:.1f} s without a result,"
-        f" during {stage}{tail}",
-    )
-
-
-def _tail(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    return f": {lines[-1][:300]}" if lines else ""
-
-
-def _parse_steps(out: bytes) -> dict[str, dict[str, Any]]:
-    steps: dict[str, dict[str, Any]] = {}
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by the kill
-        if isinstance(record, dict) and isinstance(record.get("step"), str):
-            steps[record.pop("step")] = record
-    return steps
+    raise BenchmarkError("benchmark_memory_exceeded", message)
 
 
 def _result(steps: dict[str, dict[str, Any]], *, device: str, threads: int) -> BenchmarkResult:
@@ -347,32 +260,6 @@ def _result(steps: dict[str, dict[str, Any]], *, device: str, threads: int) -> B
         input_shapes=loaded.get("input_shapes") or [],
         base_rss_mb=steps.get("ready", {}).get("base_rss_mb"),
     )
-
-
-def summarize(samples_ns: Sequence[int]) -> dict[str, Any]:
-    """Mean, median, population std, p90 (linear interpolation), min, max of run times."""
-    if not samples_ns:
-        raise ValueError("no samples")
-    ms = sorted(s / 1e6 for s in samples_ns)
-    n = len(ms)
-    mean = math.fsum(ms) / n
-    var = math.fsum((x - mean) ** 2 for x in ms) / n
-    return {
-        "count": n,
-        "avg_ms": mean,
-        "median_ms": _percentile(ms, 50),
-        "std_ms": math.sqrt(var),
-        "p90_ms": _percentile(ms, 90),
-        "min_ms": ms[0],
-        "max_ms": ms[-1],
-    }
-
-
-def _percentile(sorted_ms: Sequence[float], p: float) -> float:
-    k = (len(sorted_ms) - 1) * p / 100
-    lo = math.floor(k)
-    hi = min(lo + 1, len(sorted_ms) - 1)
-    return sorted_ms[lo] + (k - lo) * (sorted_ms[hi] - sorted_ms[lo])
 
 
 # ---------------------------------------------------------------------------------------
@@ -461,278 +348,3 @@ def _cli(args: argparse.Namespace) -> int:
     print(f"  peak RSS       {result.peak_rss_mb:10.1f} MiB")
     print(f"  delegate       {delegation}")
     return 0
-
-
-# ---------------------------------------------------------------------------------------
-# The child. Everything below runs in ``python -m mai_ops.devices.litert``.
-# ---------------------------------------------------------------------------------------
-
-
-class _Failure(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-class _Channel:
-    """Answer lines on a private copy of stdout; fd 1 itself now goes to stderr."""
-
-    def __init__(self) -> None:
-        self._out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-    def send(self, step: str, **data: Any) -> None:
-        self._out.write(json.dumps({"step": step, **data}) + "\n")
-        self._out.flush()
-
-
-def _rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def main() -> int:
-    channel = _Channel()
-    request: dict[str, Any] = {}
-    try:
-        try:
-            request = json.loads(sys.stdin.read())
-            if not isinstance(request, dict) or "model" not in request:
-                raise ValueError("expected a JSON object with 'model'")
-        except ValueError as exc:
-            raise _Failure("benchmark_bad_request", f"unreadable request: {exc}") from None
-        apply_own_limits(request.get("memory_mb", 4096))
-        _benchmark(request, channel)
-    except _Failure as exc:
-        channel.send("error", code=exc.code, message=str(exc))
-    except MemoryError as exc:
-        message = f"out of memory (limit {request.get('memory_mb')} MiB): MemoryError {exc}"
-        channel.send("error", code="benchmark_memory_exceeded", message=message.strip())
-    except Exception as exc:  # noqa: BLE001 - the parent needs the reason, not a traceback
-        channel.send("error", code="benchmark_crashed", message=f"{type(exc).__name__}: {exc}")
-    return 0
-
-
-def _classify(exc: BaseException, code: str, what: str, memory_mb: int) -> _Failure:
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, MemoryError) or _MEMORY_HINTS.search(text):
-        return _Failure(
-            "benchmark_memory_exceeded", f"{what}: out of memory (limit {memory_mb} MiB): {text}"
-        )
-    return _Failure(code, f"{what}: {text}")
-
-
-def _benchmark(request: dict[str, Any], channel: _Channel) -> None:
-    memory_mb = int(request.get("memory_mb", 4096))
-    try:
-        import numpy as np
-        from ai_edge_litert.interpreter import Interpreter
-    except (ImportError, OSError, MemoryError) as exc:
-        # Under a tight RLIMIT_AS a shared library may not even map.
-        failure = _classify(
-            exc, "benchmark_crashed", "importing numpy and LiteRT failed", memory_mb
-        )
-        if failure.code == "benchmark_memory_exceeded":
-            failure = _Failure(
-                "benchmark_memory_exceeded",
-                f"{failure} (the limit is below what the runtime needs before any model"
-                " is opened, about 150 MiB of address space)",
-            )
-        raise failure from None
-
-    threads = int(request.get("threads", 4))
-    channel.send("ready", base_rss_mb=_rss_mb())
-
-    clock = time.perf_counter_ns
-    start = clock()
-    try:
-        interpreter = Interpreter(model_path=request["model"], num_threads=threads)
-    except (ValueError, RuntimeError, MemoryError) as exc:
-        raise _classify(
-            exc, "benchmark_load_failed", "LiteRT cannot open the model", memory_mb
-        ) from None
-    _resize(interpreter, request.get("input_shapes"))
-    try:
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError, MemoryError) as exc:
-        failure = _classify(exc, "benchmark_load_failed", "allocate_tensors failed", memory_mb)
-        if failure.code != "benchmark_memory_exceeded":
-            failure = _allocation_memory(interpreter, failure, memory_mb)
-        raise failure from None
-    init_ns = clock() - start
-
-    inputs = interpreter.get_input_details()
-    delegation = _delegation(interpreter._interpreter)  # noqa: SLF001 - node list only there
-    channel.send(
-        "loaded",
-        init_ms=init_ns / 1e6,
-        input_shapes=[[int(x) for x in d["shape"]] for d in inputs],
-        **delegation,
-    )
-
-    rng = np.random.default_rng(int(request.get("seed", 0)))
-    try:
-        for d in inputs:
-            interpreter.set_tensor(d["index"], _sample(np, rng, d["shape"], d["dtype"]))
-    except (ValueError, RuntimeError, MemoryError) as exc:
-        raise _classify(
-            exc, "benchmark_invoke_failed", "setting the inputs failed", memory_mb
-        ) from None
-
-    invoke = interpreter.invoke
-
-    def timed() -> int:
-        t0 = clock()
-        invoke()
-        return clock() - t0
-
-    try:
-        first_ns = timed()
-        channel.send("first", first_ms=first_ns / 1e6)
-        warm = [timed() for _ in range(int(request.get("warmup", 5)))]
-        channel.send("warmup", warmup_avg_ms=sum(warm) / len(warm) / 1e6 if warm else None)
-
-        min_runs = int(request.get("min_runs", 50))
-        max_runs = request.get("max_runs")
-        min_ns = int(float(request.get("min_seconds", 1.0)) * 1e9)
-        samples: list[int] = []
-        begin = clock()
-        while len(samples) < min_runs or clock() - begin < min_ns:
-            if max_runs is not None and len(samples) >= int(max_runs):
-                break
-            samples.append(timed())
-    except (ValueError, RuntimeError, MemoryError) as exc:
-        raise _classify(exc, "benchmark_invoke_failed", "invoke failed", memory_mb) from None
-
-    channel.send("result", stats=summarize(samples), peak_rss_mb=_rss_mb())
-
-
-def _allocation_memory(interpreter, failure: _Failure, memory_mb: int) -> _Failure:
-    """``failure`` as ``memory_exceeded`` when the tensors cannot fit in the limit.
-
-    An allocation that fails under RLIMIT_AS rarely says so: XNNPACK reports "failed to
-    reshape runtime", TFLite's arena "failed to prepare". What is already mapped plus the
-    largest tensor (a lower bound of what the model needs), or plus all of them (an upper
-    bound, no arena sharing), over the limit makes memory the likely cause.
-    """
-    import numpy as np
-
-    sizes = []
-    for d in interpreter.get_tensor_details():
-        try:
-            size = np.dtype(d["dtype"]).itemsize
-        except TypeError:
-            size = 4
-        for x in d["shape"]:
-            size *= max(int(x), 1)
-        sizes.append(size)
-    limit = memory_mb * _MB
-    mapped = _vm_bytes()
-    largest, total = max(sizes, default=0), sum(sizes)
-    if mapped + largest <= limit and mapped + total <= limit:
-        return failure
-    need = f"{largest / _MB:.0f} to {total / _MB:.0f} MiB"
-    return _Failure(
-        "benchmark_memory_exceeded",
-        f"{str(failure).rstrip('. ')}; the model's tensors need {need},"
-        f" {mapped / _MB:.0f} MiB were already mapped, the limit is {memory_mb} MiB",
-    )
-
-
-def _vm_bytes() -> int:
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(status.split("VmSize:")[1].split()[0]) * 1024
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _resize(interpreter, shapes: list[list[int]] | dict[str, list[int]] | None) -> None:
-    if not shapes:
-        return
-    details = interpreter.get_input_details()
-    names = [d["name"] for d in details]
-    if isinstance(shapes, dict):
-        unknown = sorted(set(shapes) - set(names))
-        if unknown:
-            raise _Failure("benchmark_bad_request", f"no input named {unknown} (inputs: {names})")
-        wanted = [(d, shapes[d["name"]]) for d in details if d["name"] in shapes]
-    else:
-        if len(shapes) != len(details):
-            raise _Failure(
-                "benchmark_bad_request",
-                f"{len(shapes)} input shape(s) given, the model has {len(details)}",
-            )
-        wanted = list(zip(details, shapes, strict=True))
-    for d, shape in wanted:
-        if [int(x) for x in d["shape"]] == list(shape):
-            continue
-        try:
-            interpreter.resize_tensor_input(d["index"], shape, strict=True)
-        except (ValueError, RuntimeError) as exc:
-            signature = [int(x) for x in d["shape_signature"]]
-            raise _Failure(
-                "benchmark_bad_request",
-                f"input {d['name']!r} {signature} cannot take shape {list(shape)}: {exc}",
-            ) from None
-
-
-def _delegation(wrapper) -> dict[str, Any]:
-    """Which nodes the XNNPACK delegate replaced, from the interpreter's node list."""
-    nodes = []
-    for i in range(wrapper.NumNodes()):
-        nodes.append(
-            (
-                wrapper.NodeName(i),
-                [int(t) for t in wrapper.NodeInputs(i)],
-                [int(t) for t in wrapper.NodeOutputs(i)],
-            )
-        )
-    producer = {}
-    for i, (name, _, outs) in enumerate(nodes):
-        if name != "DELEGATE":
-            for t in outs:
-                producer[t] = i
-    replaced: set[int] = set()
-    delegates = [n for n in nodes if n[0] == "DELEGATE"]
-    for _, ins, outs in delegates:
-        boundary = set(ins)
-        stack = list(outs)
-        seen: set[int] = set()
-        while stack:
-            t = stack.pop()
-            if t in seen or t in boundary or t not in producer:
-                continue
-            seen.add(t)
-            node = producer[t]
-            replaced.add(node)
-            stack.extend(nodes[node][1])
-    cpu_ops = [
-        name for i, (name, _, _) in enumerate(nodes) if name != "DELEGATE" and i not in replaced
-    ]
-    return {
-        "delegate": "XNNPACK" if delegates else None,
-        "fully_delegated": bool(delegates) and not cpu_ops,
-        "cpu_ops": cpu_ops,
-    }
-
-
-def _sample(np, rng, shape, dtype):
-    shape = tuple(int(x) for x in shape)
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return (rng.random(shape, dtype=np.float32) - 0.5).astype(dtype)
-    if dtype.kind in "iu":
-        if dtype.itemsize == 1:
-            info = np.iinfo(dtype)
-            return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
-        return rng.integers(0, 100, size=shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.integers(0, 1, size=shape, endpoint=True).astype(bool)
-    return np.zeros(shape, dtype)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

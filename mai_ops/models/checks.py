@@ -8,11 +8,12 @@ What runs where:
 
 - here, in the caller: the file exists and is not empty, its size against the
   track's limit, and the flatbuffer identifier ``TFL3`` at bytes 4..8;
-- in a child process with memory and time limits (:mod:`mai_ops.models.sandbox`):
-  everything that touches the model's contents (open, op listing, GPU analysis,
-  allocation, resizing, one forward pass on a seeded input). A model that crashes,
-  hangs or eats memory there is reported as ``check_crashed``, ``check_timeout`` or
-  ``check_memory_exceeded`` and never takes the caller down.
+- in a child process with memory and time limits (:mod:`mai_ops.models.checks_child`,
+  run by :func:`mai_ops.infra.child.run_child`): everything that touches the model's
+  contents (open, op listing, GPU analysis, allocation, resizing, one forward pass on a
+  seeded input). A model that crashes, hangs or eats memory there is reported as
+  ``check_crashed``, ``check_timeout`` or ``check_memory_exceeded`` and never takes the
+  caller down.
 
 Every check that can run does run; only a file that is not a model at all
 (``empty_file``, ``not_tflite``, or an interpreter that cannot open it) stops early.
@@ -64,7 +65,11 @@ from mai_ops.challenge.config import (
     load_challenge,
 )
 from mai_ops.errors import registered
-from mai_ops.models.sandbox import SandboxLimits, SandboxResult, run_sandbox
+from mai_ops.infra.child import ChildLimits, ChildOutcome, run_child
+
+CHILD = "mai_ops.models.checks_child"
+# The checks' limits (ChildLimits' defaults: 120 s, 4096 MiB), as the command line names them.
+SandboxLimits = ChildLimits
 
 _MB = 1024 * 1024
 TFLITE_IDENTIFIER = b"TFL3"
@@ -240,7 +245,7 @@ class CheckReport:
 
 
 def check_model(
-    path: str | Path, spec: ModelSpec, limits: SandboxLimits | None = None
+    path: str | Path, spec: ModelSpec, limits: ChildLimits | None = None
 ) -> CheckReport:
     """Every conversion check of ``spec`` on the model at ``path``."""
     path = Path(path)
@@ -277,17 +282,18 @@ def check_model(
         )
 
     request = {
+        "model": str(path),
         "inputs": [list(shape) for shape, _ in spec.inputs],
         "resize_to": [list(s) for s in spec.resize_to] if spec.resize_to else None,
         "gpu_analyzer": spec.delegate == "gpu",
         "seed": 0,
     }
-    result = run_sandbox(path, request, limits)
+    result = run_child(CHILD, request, limits or ChildLimits())
     _judge(report, spec, result)
     return report
 
 
-def _judge(report: CheckReport, spec: ModelSpec, result: SandboxResult) -> None:
+def _judge(report: CheckReport, spec: ModelSpec, result: ChildOutcome) -> None:
     steps = result.steps
     opened = steps.get("open")
     if opened is not None and not opened.get("ok"):
@@ -363,14 +369,14 @@ def _judge(report: CheckReport, spec: ModelSpec, result: SandboxResult) -> None:
                 )
 
     where = _IN_PROGRESS.get(result.last_step, f"after {result.last_step}")
-    if result.outcome == "timeout":
+    if result.status == "timeout":
         report.add("check_timeout", f"the checks were {result.message}, {where}")
-    elif result.outcome == "memory_exceeded":
+    elif result.status == "memory_exceeded":
         report.add(
             "check_memory_exceeded",
             f"the checking process ran out of memory, {where}: {result.message}",
         )
-    elif result.outcome == "crashed":
+    elif result.status == "crashed":
         report.add("check_crashed", f"the checking process stopped {where}: {result.message}")
 
 

@@ -15,6 +15,11 @@ Converter failures come back as :class:`ConversionError`, whose message is the
 converter's explanation without the MLIR traceback noise; ``details`` keeps the
 full text.
 
+A team's model is code (Keras layers, SavedModel functions), so callers convert with
+:func:`convert_in_child`: the same conversion in ``python -m
+mai_ops.models.conversion_child``, started by :func:`mai_ops.infra.child.run_child` with
+a memory cap and a timeout, never in the caller.
+
 TensorFlow is imported inside the functions: importing this module is free.
 """
 
@@ -26,8 +31,14 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from mai_ops.infra.child import ChildLimits, run_child
+
+if TYPE_CHECKING:
+    from mai_ops.challenge.config import Track
+
+CHILD = "mai_ops.models.conversion_child"
 Mode = Literal["float", "int8"]
 IO_DTYPES = ("uint8", "int8", "float32")
 _MAX_MESSAGE = 1500
@@ -65,6 +76,53 @@ def convert_model(
         f"{src.name}: not a SavedModel directory or a Keras .keras/.h5 file"
         + ("" if src.exists() else " (it does not exist)")
     )
+
+
+def convert_in_child(
+    source: Path,
+    out: Path,
+    track: Track,
+    *,
+    representative: str | Path | None = None,
+    timeout_s: float = 900.0,
+    memory_mb: int = 16384,
+) -> Path:
+    """Convert ``source`` for ``track`` in a limited child process; ``out`` when it worked.
+
+    INT8 (full integer, the track's input/output dtypes) when the track requires
+    quantization or takes integer inputs; float otherwise. ``representative`` is a
+    ``.npy`` file of calibration samples (default: 8 seeded uniform [0, 1) samples).
+    Raises :class:`ConversionError` with the converter's reason, or why the child stopped.
+    """
+    (inp,) = track.inputs[:1]
+    int8 = track.quantization == "int8" or inp.dtype in ("uint8", "int8")
+    out_dtype = track.outputs[0].dtype
+    request = {
+        "source": str(source),
+        "out": str(out),
+        "mode": "int8" if int8 else "float",
+        "input_dtype": inp.dtype if inp.dtype in ("uint8", "int8") else "float32",
+        "output_dtype": out_dtype if out_dtype in ("uint8", "int8") else "float32",
+        "shape": [d if d > 0 else 1 for d in inp.shape],
+        "representative": str(representative) if representative else None,
+    }
+    # TensorFlow keeps its own thread pools: no single-threaded BLAS here.
+    limits = ChildLimits(timeout_s=timeout_s, memory_mb=memory_mb, scratch=out.parent, env={})
+    outcome = run_child(CHILD, request, limits)
+    if outcome.status == "timeout":
+        raise ConversionError(f"the conversion did not finish within {timeout_s:g} s")
+    if outcome.status == "memory_exceeded":
+        raise ConversionError(
+            f"the conversion ran out of memory (limit {memory_mb} MB): {outcome.message}"
+        )
+    if outcome.status == "crashed":
+        raise ConversionError(f"the converting process stopped: {outcome.message}")
+    if "error" in outcome.steps:
+        error = outcome.steps["error"]
+        raise ConversionError(error["message"], error.get("details", ""))
+    if not out.is_file():
+        raise ConversionError("the converting process finished without writing the model")
+    return out
 
 
 def convert_saved_model(

@@ -1,8 +1,9 @@
 """Fidelity of a model on validation (or test) data, and the track's score.
 
 :func:`evaluate_model` runs a participant's TFLite model with LiteRT in a child process
-(``python -m mai_ops.models.fidelity_child``) under a wall-clock timeout and an address-space
-limit, as the model checks and the LiteRT benchmark do, and computes the track's
+(``python -m mai_ops.models.fidelity_child``, started by :func:`mai_ops.infra.child.run_child`
+under a wall-clock timeout and an address-space limit, as the model checks and the LiteRT
+benchmark are), and computes the track's
 metrics in this process on what the model produced. :func:`score_from` turns metrics and
 a measured runtime into the track's score through its configured formula.
 
@@ -57,13 +58,8 @@ Broken organizer data is :class:`ValidationDataError`
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -73,7 +69,7 @@ from typing import Any
 
 from mai_ops.challenge.formula import FormulaError, evaluate_formula, formula_names, parse_formula
 from mai_ops.errors import NeedsOrganizer, StageError, stage_codes
-from mai_ops.infra.child import child_env, kill_group, limit_child, signal_name
+from mai_ops.infra.child import ChildLimits, run_child
 from mai_ops.models.metrics import (
     MEASUREMENT_VARIABLES,
     METRICS,
@@ -85,10 +81,7 @@ from mai_ops.models.metrics import (
 
 log = logging.getLogger(__name__)
 
-_MEMORY_HINTS = re.compile(
-    r"bad_alloc|out of memory|cannot allocate memory|failed to (?:re)?allocate|memoryerror",
-    re.IGNORECASE,
-)
+CHILD = "mai_ops.models.fidelity_child"
 VALIDATION_PREFIX = "validation"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MEMORY_MB = 4096
@@ -203,11 +196,6 @@ def _load_npy(source: bytes | str | Path, where: str):
 # ---------------------------------------------------------------------------------
 
 
-def child_command() -> list[str]:
-    """The child's argv; tests may replace it."""
-    return [sys.executable, "-m", "mai_ops.models.fidelity_child"]
-
-
 def evaluate_model(
     model_path: str | Path,
     track: Any,
@@ -246,16 +234,14 @@ def evaluate_model(
         steps = _run_child(
             {
                 "model": str(model_path),
-                "memory_mb": int(memory_mb),
                 "threads": int(threads),
                 "out_dir": str(out_dir),
                 "samples": request_samples,
             },
-            timeout_s,
-            memory_mb,
+            ChildLimits(timeout_s=timeout_s, memory_mb=int(memory_mb), scratch=work),
         )
         output = steps["loaded"]["outputs"][0]
-        result = _score_samples(samples, steps["samples"], output, metrics, data_range)
+        result = _score_samples(samples, steps["sample"], output, metrics, data_range)
     result.seconds = time.monotonic() - started
     return result
 
@@ -302,76 +288,29 @@ def _input_paths(x: Any, work: Path, i: int) -> list[str]:
     return paths
 
 
-def _run_child(request: dict[str, Any], timeout_s: float, memory_mb: int) -> dict[str, Any]:
-    """Run the child; its steps (``loaded``, ``samples``) or a :class:`FidelityError`."""
-    env = child_env()
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = "1"
-    try:
-        proc = subprocess.Popen(
-            child_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: the kill reaches everything
-        )
-    except OSError as exc:
-        raise FidelityError(
-            "fidelity_crashed", f"could not start the model runner: {exc}"
-        ) from None
-    limit_child(proc.pid, memory_mb)
-    timed_out = False
-    try:
-        out, err = proc.communicate(json.dumps(request).encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill_group(proc)
-        out, err = proc.communicate()
-    except BaseException:
-        kill_group(proc)  # the task was interrupted: leave nothing running
-        raise
-    steps: dict[str, Any] = {"samples": []}
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-        if not isinstance(record, dict):
-            continue
-        step = record.pop("step", None)
-        if step == "sample":
-            steps["samples"].append(record)
-        elif isinstance(step, str):
-            steps[step] = record
-    stderr = err.decode("utf-8", "replace")[-4000:]
+def _run_child(request: dict[str, Any], limits: ChildLimits) -> dict[str, Any]:
+    """Run the child; its steps (``loaded``, each ``sample``) or a :class:`FidelityError`."""
+    outcome = run_child(CHILD, request, limits, repeated=("sample",))
+    steps = outcome.steps
     count = len(request["samples"])
-    done = len(steps["samples"])
-    where = f" after {done} of {count} samples"
+    done = len(steps["sample"])
+    where = f"after {done} of {count} samples"
     current = request["samples"][done]["name"] if done < count else None
-    if timed_out:
-        raise FidelityError("fidelity_timeout", f"stopped after {timeout_s:g} s{where}", current)
+    if outcome.status == "timeout":
+        message = f"stopped after {limits.timeout_s:g} s {where}"
+        raise FidelityError("fidelity_timeout", message, current)
+    if outcome.status != "ok":
+        memory = outcome.status == "memory_exceeded"
+        code = "fidelity_memory_exceeded" if memory else "fidelity_crashed"
+        raise FidelityError(code, f"{outcome.message} ({where})", current)
     if "error" in steps:
         error = steps["error"]
         code = error.get("code")
         code = code if code in stage_codes("fidelity") else "fidelity_crashed"
         raise FidelityError(code, str(error.get("message", "")), error.get("sample"))
-    if proc.returncode is not None and proc.returncode < 0:
-        sig = -proc.returncode
-        name = signal_name(sig)
-        if sig == signal.SIGKILL or (sig == signal.SIGABRT and _MEMORY_HINTS.search(stderr)):
-            raise FidelityError(
-                "fidelity_memory_exceeded", f"killed by {name} (out of memory){where}", current
-            )
-        raise FidelityError("fidelity_crashed", f"killed by {name}{where}", current)
-    if proc.returncode != 0 or "done" not in steps or "loaded" not in steps or done != count:
-        code = "fidelity_memory_exceeded" if _MEMORY_HINTS.search(stderr) else "fidelity_crashed"
-        tail = stderr.strip().splitlines()[-1:] or ["no output"]
+    if "loaded" not in steps or done != count:
         raise FidelityError(
-            code,
-            f"exited with status {proc.returncode} without an answer{where}: {tail[0]}",
-            current,
+            "fidelity_crashed", f"the model runner stopped early ({where})", current
         )
     return steps
 

@@ -5,8 +5,8 @@
     {"model": "/path/model.tflite", "memory_mb": 4096, "threads": 1,
      "out_dir": "/tmp/...", "samples": [{"name": "0001", "inputs": ["/tmp/.../0001.npy"]}]}
 
-caps its own address space (:func:`mai_ops.infra.child.apply_own_limits`) before it
-imports numpy or LiteRT, opens the model with LiteRT's ``Interpreter`` and, for each
+caps its own address space (:func:`mai_ops.infra.child.serve`) before it imports
+numpy or LiteRT, opens the model with LiteRT's ``Interpreter`` and, for each
 sample in order, loads its input ``.npy`` files (``allow_pickle=False``), fits them to
 the model's inputs, runs ``invoke()`` once and saves the model's first output, raw (as
 the model's own dtype), to ``out_dir/<index>.npy``.
@@ -21,71 +21,29 @@ Fitting a sample to an input tensor:
   and zero point (round to nearest, clipped to the dtype); integer data into an integer
   input is passed as is when it fits the dtype; anything into a float input is cast.
 
-Answers are JSON lines on a private copy of stdout (fd 1 itself is pointed at stderr
-first, so nothing the C++ runtime prints can corrupt them), each written as soon as
+Answers are steps of :mod:`mai_ops.infra.child`'s protocol, each written as soon as
 it is known: ``loaded`` (input and output details with quantization), one ``sample``
 per sample run, then ``done``, or ``error`` with a registered ``code`` of the fidelity
 stage (``fidelity_load_failed``, ``fidelity_input_mismatch``, ...) and the ``sample`` it
-happened on. The child
-stops at the first error, including the first output with NaN or Inf.
+happened on. The child stops at the first error, including the first output with NaN or
+Inf. Running out of memory is the runner's ``memory_exceeded``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from mai_ops.infra.child import apply_own_limits
-
-DEFAULT_MEMORY_MB = 4096
-
-
-class _Stop(Exception):
-    def __init__(self, code: str, message: str, memory: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.memory = memory
-
-
-class _Channel:
-    """Answer lines on a private copy of stdout; fd 1 itself now goes to stderr."""
-
-    def __init__(self) -> None:
-        self.sample: str | None = None  # the sample being run, named in an error
-        self._out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-    def send(self, step: str, **data: Any) -> None:
-        self._out.write(json.dumps({"step": step, **data}) + "\n")
-        self._out.flush()
+from mai_ops.infra.child import ChildChannel, ChildFailure, serve
+from mai_ops.models.checks_child import tensor_detail
 
 
 def main() -> int:
-    channel = _Channel()
-    try:
-        request = json.loads(sys.stdin.read())
-        apply_own_limits(int(request.get("memory_mb", DEFAULT_MEMORY_MB)))
-        _run(request, channel)
-        channel.send("done")
-    except _Stop as stop:
-        channel.send("error", code=stop.code, message=stop.message, sample=channel.sample)
-    except MemoryError as exc:
-        message = f"MemoryError: {exc}".rstrip(": ")
-        channel.send(
-            "error", code="fidelity_memory_exceeded", message=message, sample=channel.sample
-        )
-    except Exception as exc:  # noqa: BLE001 - report anything, the parent decides
-        message = f"{type(exc).__name__}: {exc}"
-        channel.send("error", code="fidelity_crashed", message=message, sample=channel.sample)
-    return 0
+    return serve(_run)
 
 
-def _run(request: dict[str, Any], channel: _Channel) -> None:
+def _run(request: dict[str, Any], channel: ChildChannel) -> None:
     """Open the model and run every sample, reporting each one."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
@@ -96,86 +54,91 @@ def _run(request: dict[str, Any], channel: _Channel) -> None:
         samples = list(request["samples"])
         threads = int(request.get("threads", 1))
     except (KeyError, TypeError, ValueError) as exc:
-        raise _Stop("fidelity_bad_request", f"malformed request: {exc}") from None
+        raise ChildFailure("fidelity_bad_request", f"malformed request: {exc}") from None
 
     try:
         interpreter = Interpreter(model_path=model, num_threads=threads)
     except (ValueError, RuntimeError) as exc:
-        raise _Stop("fidelity_load_failed", f"LiteRT cannot open the model: {exc}") from None
+        raise ChildFailure("fidelity_load_failed", f"LiteRT cannot open the model: {exc}") from None
     try:
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        raise _Stop("fidelity_allocate_failed", f"allocate_tensors() failed: {exc}") from None
+        raise ChildFailure(
+            "fidelity_allocate_failed", f"allocate_tensors() failed: {exc}"
+        ) from None
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     if not outputs:
-        raise _Stop("fidelity_load_failed", "the model has no outputs")
+        raise ChildFailure("fidelity_load_failed", "the model has no outputs")
     channel.send("loaded", inputs=[_io(d) for d in inputs], outputs=[_io(d) for d in outputs])
 
     for i, entry in enumerate(samples):
         name = str(entry.get("name", i))
-        channel.sample = name
-        paths = list(entry["inputs"])
-        if len(paths) != len(inputs):
-            raise _Stop(
-                "fidelity_input_mismatch",
-                f"the model has {len(inputs)} inputs, the sample gives {len(paths)}",
-            )
-        arrays = [
-            _fit(np.load(p, allow_pickle=False), d, k)
-            for k, (p, d) in enumerate(zip(paths, inputs, strict=True))
-        ]
-        resized = False
-        for array, detail in zip(arrays, inputs, strict=True):
-            current = [int(x) for x in detail["shape"]]
-            if list(array.shape) != current:
-                try:
-                    interpreter.resize_tensor_input(detail["index"], array.shape, strict=True)
-                except (ValueError, RuntimeError) as exc:
-                    raise _Stop(
-                        "fidelity_input_mismatch",
-                        f"the model input {detail['name']!r} has shape {current} "
-                        f"(signature {[int(x) for x in detail['shape_signature']]}), the "
-                        f"sample has {list(array.shape)}: {exc}",
-                    ) from None
-                resized = True
-        if resized:
-            try:
-                interpreter.allocate_tensors()
-            except (ValueError, RuntimeError) as exc:
-                raise _Stop(
-                    "fidelity_allocate_failed",
-                    f"allocate_tensors() failed at input shape(s) "
-                    f"{[list(a.shape) for a in arrays]}: {exc}",
-                ) from None
-            inputs = interpreter.get_input_details()
         try:
+            paths = list(entry["inputs"])
+            if len(paths) != len(inputs):
+                raise ChildFailure(
+                    "fidelity_input_mismatch",
+                    f"the model has {len(inputs)} inputs, the sample gives {len(paths)}",
+                )
+            arrays = [
+                _fit(np.load(p, allow_pickle=False), d, k)
+                for k, (p, d) in enumerate(zip(paths, inputs, strict=True))
+            ]
+            resized = False
             for array, detail in zip(arrays, inputs, strict=True):
-                interpreter.set_tensor(detail["index"], array)
-            interpreter.invoke()
-        except (ValueError, RuntimeError) as exc:
-            raise _Stop("fidelity_invoke_failed", f"invoke() failed: {exc}") from None
-        value = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-        nan = inf = 0
-        if value.dtype.kind in "fc":
-            nan = int(np.isnan(value).sum())
-            inf = int(np.isinf(value).sum())
-        if nan or inf:
-            raise _Stop(
-                "fidelity_non_finite_output",
-                f"the model's output has {nan} NaN and {inf} infinite values "
-                f"(of {value.size}) on sample {name!r}",
+                current = [int(x) for x in detail["shape"]]
+                if list(array.shape) != current:
+                    try:
+                        interpreter.resize_tensor_input(detail["index"], array.shape, strict=True)
+                    except (ValueError, RuntimeError) as exc:
+                        raise ChildFailure(
+                            "fidelity_input_mismatch",
+                            f"the model input {detail['name']!r} has shape {current} "
+                            f"(signature {[int(x) for x in detail['shape_signature']]}), the "
+                            f"sample has {list(array.shape)}: {exc}",
+                        ) from None
+                    resized = True
+            if resized:
+                try:
+                    interpreter.allocate_tensors()
+                except (ValueError, RuntimeError) as exc:
+                    raise ChildFailure(
+                        "fidelity_allocate_failed",
+                        f"allocate_tensors() failed at input shape(s) "
+                        f"{[list(a.shape) for a in arrays]}: {exc}",
+                    ) from None
+                inputs = interpreter.get_input_details()
+            try:
+                for array, detail in zip(arrays, inputs, strict=True):
+                    interpreter.set_tensor(detail["index"], array)
+                interpreter.invoke()
+            except (ValueError, RuntimeError) as exc:
+                raise ChildFailure("fidelity_invoke_failed", f"invoke() failed: {exc}") from None
+            value = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+            nan = inf = 0
+            if value.dtype.kind in "fc":
+                nan = int(np.isnan(value).sum())
+                inf = int(np.isinf(value).sum())
+            if nan or inf:
+                raise ChildFailure(
+                    "fidelity_non_finite_output",
+                    f"the model's output has {nan} NaN and {inf} infinite values "
+                    f"(of {value.size}) on sample {name!r}",
+                )
+            path = out_dir / f"{i:06d}.npy"
+            np.save(path, value, allow_pickle=False)
+            channel.send(
+                "sample",
+                i=i,
+                name=name,
+                output=str(path),
+                shape=list(value.shape),
+                dtype=value.dtype.name,
             )
-        path = out_dir / f"{i:06d}.npy"
-        np.save(path, value, allow_pickle=False)
-        channel.send(
-            "sample",
-            i=i,
-            name=name,
-            output=str(path),
-            shape=list(value.shape),
-            dtype=value.dtype.name,
-        )
+        except ChildFailure as failure:
+            failure.data["sample"] = name  # the parent names it in the team's email
+            raise
 
 
 def _fit(array, detail: dict[str, Any], k: int):
@@ -186,14 +149,14 @@ def _fit(array, detail: dict[str, Any], k: int):
     if array.ndim == len(shape) - 1:
         array = array[None, ...]
     if array.ndim != len(shape):
-        raise _Stop(
+        raise ChildFailure(
             "fidelity_input_mismatch",
             f"input {k} ({detail['name']!r}) has shape {shape}, the sample has "
             f"shape {list(array.shape)}",
         )
     want = np.dtype(detail["dtype"])
     if array.dtype.kind not in "biuf":
-        raise _Stop(
+        raise ChildFailure(
             "fidelity_input_mismatch", f"input {k}: sample dtype {array.dtype} is not numeric"
         )
     if want.kind == "f":
@@ -203,7 +166,7 @@ def _fit(array, detail: dict[str, Any], k: int):
         scale, zero = _quant(detail)
         if array.dtype.kind == "f":
             if not scale:
-                raise _Stop(
+                raise ChildFailure(
                     "fidelity_input_mismatch",
                     f"input {k} is {want.name} without quantization parameters; "
                     f"give {want.name} data, not {array.dtype}",
@@ -211,7 +174,7 @@ def _fit(array, detail: dict[str, Any], k: int):
             q = np.round(array.astype(np.float64) / scale + zero)
             return np.clip(q, info.min, info.max).astype(want)
         if array.size and (array.min() < info.min or array.max() > info.max):
-            raise _Stop(
+            raise ChildFailure(
                 "fidelity_input_mismatch",
                 f"input {k} is {want.name}; the sample's values "
                 f"{array.min()}..{array.max()} do not fit",
@@ -232,15 +195,7 @@ def _quant(detail: dict[str, Any]) -> tuple[float, int]:
 
 def _io(detail: dict[str, Any]) -> dict[str, Any]:
     scale, zero = _quant(detail)
-    return {
-        "name": detail["name"],
-        "index": int(detail["index"]),
-        "shape": [int(d) for d in detail["shape"]],
-        "shape_signature": [int(d) for d in detail["shape_signature"]],
-        "dtype": detail["dtype"].__name__,
-        "scale": scale,
-        "zero_point": zero,
-    }
+    return {**tensor_detail(detail), "scale": scale, "zero_point": zero}
 
 
 if __name__ == "__main__":

@@ -50,22 +50,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mai_ops.challenge.config import Challenge, Track
+from mai_ops.challenge.config import Challenge
 from mai_ops.challenge.dates import zone
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import event_instant
 from mai_ops.errors import StageError, registered
+from mai_ops.infra.child import ChildLimits
 from mai_ops.models.checks import ModelSpec, check_model
-from mai_ops.models.sandbox import SandboxLimits
+from mai_ops.models.conversion import ConversionError, convert_in_child
 from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_submission
 
 PHASES = ("validation", "final")
@@ -365,7 +364,7 @@ def check_submission(
     workdir: str | Path,
     *,
     limits: ArchiveLimits | None = None,
-    sandbox: SandboxLimits | None = None,
+    sandbox: ChildLimits | None = None,
     representative: str | Path | None = None,
     conversion_timeout_s: float = 900.0,
     conversion_memory_mb: int = 16384,
@@ -427,7 +426,7 @@ def check_submission(
                 timeout_s=conversion_timeout_s,
                 memory_mb=conversion_memory_mb,
             )
-        except ConversionFailed as exc:
+        except ConversionError as exc:
             report.add("conversion_failed", f"{rel}: {exc}")
             return report
     else:
@@ -457,132 +456,6 @@ def check_submission(
                 f"model_none.tflite was not checked: the {track.id} track has no fidelity model"
             )
     return report
-
-
-class ConversionFailed(Exception):
-    """The converter's readable reason (or why the converting process stopped)."""
-
-
-_CONVERT_CHILD = "from mai_ops.submissions.intake import _conversion_child; _conversion_child()"
-
-
-def convert_in_child(
-    source: Path,
-    out: Path,
-    track: Track,
-    *,
-    representative: str | Path | None = None,
-    timeout_s: float = 900.0,
-    memory_mb: int = 16384,
-) -> Path:
-    """Convert ``source`` for ``track`` with TensorFlow in a limited child process.
-
-    INT8 (full integer, the track's input/output dtypes) when the track requires
-    quantization or takes integer inputs; float otherwise. Loading a team's model
-    runs its code (Keras layers, SavedModel functions), so it happens in a child with
-    a memory cap and a timeout, never in the caller.
-    """
-    from mai_ops.infra.child import child_env, kill_group, limit_child, signal_name
-
-    (inp,) = track.inputs[:1]
-    int8 = track.quantization == "int8" or inp.dtype in ("uint8", "int8")
-    request = {
-        "source": str(source),
-        "out": str(out),
-        "mode": "int8" if int8 else "float",
-        "input_dtype": inp.dtype if inp.dtype in ("uint8", "int8") else "float32",
-        "output_dtype": track.outputs[0].dtype
-        if track.outputs[0].dtype in ("uint8", "int8")
-        else "float32",
-        "shape": [d if d > 0 else 1 for d in inp.shape],
-        "representative": str(representative) if representative else None,
-        "memory_mb": memory_mb,
-    }
-    env = child_env()
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _CONVERT_CHILD],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ConversionFailed(f"could not start the converter: {exc}") from None
-    limit_child(proc.pid, memory_mb)
-    try:
-        stdout, stderr = proc.communicate(json.dumps(request).encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        proc.communicate()
-        raise ConversionFailed(f"the conversion did not finish within {timeout_s:g} s") from None
-    except BaseException:
-        kill_group(proc)  # the task was interrupted: leave nothing running
-        raise
-    answer = None
-    for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
-        try:
-            answer = json.loads(line)
-            break
-        except json.JSONDecodeError:
-            continue
-    if isinstance(answer, dict) and answer.get("ok") and out.is_file():
-        return out
-    if isinstance(answer, dict) and answer.get("message"):
-        raise ConversionFailed(answer["message"])
-    if proc.returncode is not None and proc.returncode < 0:
-        raise ConversionFailed(
-            f"the converting process was killed by {signal_name(-proc.returncode)} "
-            f"(memory limit {memory_mb} MB?)"
-        )
-    tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-    raise ConversionFailed(f"the converting process stopped without an answer: {tail[0]}")
-
-
-def _conversion_child() -> None:
-    """In the child: read the request on stdin, convert, print one JSON answer line."""
-    request = json.loads(sys.stdin.read())
-    real_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # TensorFlow's prints go to stderr, the answer stays parseable
-    sys.stdout = sys.stderr
-    from mai_ops.infra.child import apply_own_limits
-
-    try:
-        apply_own_limits(request["memory_mb"])
-    except (ImportError, OSError, ValueError):
-        pass
-    from mai_ops.models.conversion import ConversionError, convert_model
-
-    representative = None
-    if request["mode"] == "int8":
-        import numpy as np
-
-        if request["representative"]:
-            representative = np.load(request["representative"], allow_pickle=False)
-        else:
-            rng = np.random.default_rng(0)
-            shape = (8, *request["shape"][1:])
-            representative = rng.random(shape, dtype=np.float32)
-    try:
-        convert_model(
-            request["source"],
-            request["out"],
-            request["mode"],
-            representative,
-            input_dtype=request["input_dtype"],
-            output_dtype=request["output_dtype"],
-        )
-        answer = {"ok": True}
-    except ConversionError as exc:
-        answer = {"ok": False, "message": exc.message}
-    except MemoryError:
-        answer = {"ok": False, "message": "the conversion ran out of memory"}
-    except Exception as exc:  # noqa: BLE001 - the team's model, not our bug
-        answer = {"ok": False, "message": f"{type(exc).__name__}: {str(exc)[:1000]}"}
-    real_stdout.write(json.dumps(answer) + "\n")
-    real_stdout.flush()
 
 
 # ---------------------------------------------------------------------------------

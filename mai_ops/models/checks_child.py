@@ -1,175 +1,34 @@
-"""Open, inspect and run a TFLite model in a child process that may die.
+"""The child of :func:`mai_ops.models.checks.check_model`: open, inspect and run a TFLite model.
 
 A submitted model is untrusted bytes: a crafted flatbuffer can crash the interpreter,
 a huge intermediate tensor can eat the machine's memory, a WHILE loop can spin for
-hours. So the parts that touch the model (open, op listing, GPU analysis, allocate,
-one forward pass) run in ``python -m mai_ops.models.sandbox``, with an address-space
-limit (``RLIMIT_AS``) and a wall-clock timeout, and talk to the parent in JSON:
-
-- the request goes in on stdin (one JSON object);
-- the child answers with one JSON line per step on a private copy of its stdout
-  (its real fd 1 is pointed at stderr first, so anything the C++ runtime prints
-  cannot corrupt the answer). Each step is written as soon as it is done, so a
-  child killed during the forward pass still reports what it learnt before.
+hours. So the parts that touch the model run here, in ``python -m
+mai_ops.models.checks_child`` started by :func:`mai_ops.infra.child.run_child` (limits,
+timeout, the JSON request and step protocol are described there).
 
 Steps, in order: ``open`` (the interpreter verifies the flatbuffer and lists the
 inputs and outputs), ``graph`` (every op and the tensor types, read from the
 flatbuffer with LiteRT's generated schema), ``analyzer`` (GPU only), ``allocate``,
 ``resize`` (when the inputs are set to another shape), ``run`` (seeded input, one
-``invoke``, NaN/Inf counts per output), then ``done``.
+``invoke``, NaN/Inf counts per output), then ``done``. A model the interpreter cannot
+open, or whose tensors cannot be allocated, ends the run early (then ``done``).
 
-The parent (:func:`run_sandbox`) turns the way the child ended into an outcome:
-``ok``, ``timeout`` (we killed it), ``memory_exceeded`` (the child said so, or it was
-killed by SIGKILL that we did not send, i.e. the kernel's OOM killer, or it aborted
-on ``std::bad_alloc``) or ``crashed`` (any other signal, or an exit without an
-answer).
-
-The limits are applied by the child to itself (``setrlimit``) before it reads a
-byte of the model, and by the parent on the child's pid (``prlimit``) before the
-request is sent. Both happen after ``exec``: a ``preexec_fn`` would run Python
-between fork and exec, which can deadlock in a parent with threads (an Airflow
-worker has several).
-
-Nothing here imports LiteRT or numpy at module level: the parent side stays light.
+LiteRT and numpy are imported inside the functions, after the child has limited itself.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mai_ops.infra.child import (
-    apply_own_limits,
-    child_env,
-    kill_group,
-    limit_child,
-    signal_name,
-)
-
-_MB = 1024 * 1024
-_MEMORY_HINTS = re.compile(
-    r"bad_alloc|out of memory|cannot allocate memory|failed to (?:re)?allocate|memoryerror",
-    re.IGNORECASE,
-)
+from mai_ops.infra.child import MB, ChildChannel, looks_out_of_memory, mapped_bytes, serve
 
 _MISSING_OP = re.compile(
     r"unresolved custom op|Select TensorFlow op|Didn't find op|not supported by this interpreter",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """What one model may use: wall-clock seconds and address space in MiB."""
-
-    timeout_s: float = 120.0
-    memory_mb: int = 4096
-
-
-@dataclass
-class SandboxResult:
-    """How the child ended and the steps it reported (keyed by step name)."""
-
-    outcome: str  # ok | timeout | memory_exceeded | crashed
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    message: str = ""
-    returncode: int | None = None
-    stderr: str = ""
-    seconds: float = 0.0
-
-    @property
-    def last_step(self) -> str:
-        return next(reversed(self.steps), "start") if self.steps else "start"
-
-
-def child_command() -> list[str]:
-    """The child's argv; tests replace it to get a child that really crashes."""
-    return [sys.executable, "-m", "mai_ops.models.sandbox"]
-
-
-def run_sandbox(
-    model_path: str | Path, request: dict[str, Any], limits: SandboxLimits | None = None
-) -> SandboxResult:
-    """Run the checks of ``request`` on ``model_path`` in a limited child process."""
-    limits = limits or SandboxLimits()
-    payload = dict(request, model=str(model_path), memory_mb=limits.memory_mb)
-    env = child_env()
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["OMP_NUM_THREADS"] = "1"
-    started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            child_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: the kill reaches everything
-        )
-    except OSError as exc:
-        return SandboxResult("crashed", message=f"could not start the checker: {exc}")
-    limit_child(proc.pid, limits.memory_mb)
-    timed_out = False
-    try:
-        out, err = proc.communicate(json.dumps(payload).encode(), timeout=limits.timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill_group(proc)
-        out, err = proc.communicate()
-    except BaseException:
-        kill_group(proc)  # the task was interrupted: leave nothing running
-        raise
-    seconds = time.monotonic() - started
-    steps = _parse_steps(out)
-    stderr = err.decode("utf-8", "replace")[-4000:]
-    result = SandboxResult("ok", steps, "", proc.returncode, stderr, seconds)
-    if timed_out:
-        result.outcome = "timeout"
-        result.message = f"stopped after {limits.timeout_s:g} s without an answer"
-    elif "fatal" in steps:
-        fatal = steps["fatal"]
-        result.outcome = "memory_exceeded" if fatal.get("memory") else "crashed"
-        result.message = fatal.get("message", "")
-    elif proc.returncode is not None and proc.returncode < 0:
-        sig = -proc.returncode
-        name = signal_name(sig)
-        if sig == signal.SIGKILL or (sig == signal.SIGABRT and _MEMORY_HINTS.search(stderr)):
-            result.outcome = "memory_exceeded"
-            result.message = f"killed by {name} (out of memory)"
-        else:
-            result.outcome = "crashed"
-            result.message = f"killed by {name}"
-    elif proc.returncode != 0 or "done" not in steps:
-        memory = "MemoryError" in stderr or "bad_alloc" in stderr
-        result.outcome = "memory_exceeded" if memory else "crashed"
-        tail = stderr.strip().splitlines()[-1:] or ["no output"]
-        result.message = f"exited with status {proc.returncode} without an answer: {tail[0]}"
-    return result
-
-
-def _parse_steps(out: bytes) -> dict[str, dict[str, Any]]:
-    steps: dict[str, dict[str, Any]] = {}
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the kill
-        if isinstance(record, dict) and isinstance(record.get("step"), str):
-            steps[record.pop("step")] = record
-    return steps
-
-
-# ---------------------------------------------------------------------------------
-# The child. Everything below runs in ``python -m mai_ops.models.sandbox``.
-# ---------------------------------------------------------------------------------
 
 _FLOAT_TYPES = {"FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16"}
 _QUANT_TYPES = {"INT8", "UINT8", "INT16", "INT4"}
@@ -192,45 +51,15 @@ _TYPE_BYTES = {
 }
 
 
-class _Channel:
-    """Answer lines on a private copy of stdout; fd 1 itself now goes to stderr."""
-
-    def __init__(self) -> None:
-        self._out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-    def send(self, step: str, **data: Any) -> None:
-        self._out.write(json.dumps({"step": step, **data}, default=_jsonable) + "\n")
-        self._out.flush()
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
-
-
 def main() -> int:
-    channel = _Channel()
-    try:
-        request = json.loads(sys.stdin.read())
-        apply_own_limits(request.get("memory_mb", SandboxLimits.memory_mb))
-        _check(request, channel)
-    except MemoryError as exc:
-        channel.send("fatal", memory=True, message=f"MemoryError: {exc}".strip(": "))
-    except Exception as exc:  # noqa: BLE001 - report anything, the parent decides
-        channel.send("fatal", memory=False, message=f"{type(exc).__name__}: {exc}")
-    return 0
+    return serve(_check)
 
 
-def _check(request: dict[str, Any], channel: _Channel) -> None:
+def _check(request: dict[str, Any], channel: ChildChannel) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     path = request["model"]
-    memory_bytes = int(request.get("memory_mb", SandboxLimits.memory_mb)) * _MB
+    memory_bytes = int(request["memory_mb"]) * MB
 
     def new_interpreter():
         return Interpreter(model_path=path, num_threads=1)
@@ -242,7 +71,6 @@ def _check(request: dict[str, Any], channel: _Channel) -> None:
         channel.send(
             "open", ok=False, invalid="not a valid flatbuffer" in text.lower(), message=text
         )
-        channel.send("done")
         return
     channel.send(
         "open",
@@ -266,10 +94,9 @@ def _check(request: dict[str, Any], channel: _Channel) -> None:
             memory=True,
             message=(
                 f"tensor {graph['largest_tensor']!r} alone needs "
-                f"{graph['largest_tensor_bytes'] / _MB:.0f} MiB"
+                f"{graph['largest_tensor_bytes'] / MB:.0f} MiB"
             ),
         )
-        channel.send("done")
         return
 
     targets = _target_shapes(
@@ -292,7 +119,6 @@ def _check(request: dict[str, Any], channel: _Channel) -> None:
     except (ValueError, RuntimeError, MemoryError) as exc:
         if not resized:
             channel.send("allocate", **_failure(exc, graph, memory_bytes))
-            channel.send("done")
             return
         # Did the model fail to load at all, or only at the new shape?
         failure = _failure(exc, graph, memory_bytes)
@@ -301,15 +127,12 @@ def _check(request: dict[str, Any], channel: _Channel) -> None:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError, MemoryError) as exc2:
             channel.send("allocate", **_failure(exc2, graph, memory_bytes))
-            channel.send("done")
             return
         channel.send("allocate", ok=True)
         channel.send("resize", shapes=[s for _, s in targets], **failure)
-        channel.send("done")
         return
 
     channel.send("run", **_forward(interpreter, int(request.get("seed", 0)), graph, memory_bytes))
-    channel.send("done")
 
 
 def _io(detail: dict[str, Any]) -> dict[str, Any]:
@@ -322,13 +145,17 @@ def _io(detail: dict[str, Any]) -> dict[str, Any]:
             "scale": scales[0] if len(scales) == 1 else scales,
             "zero_point": zeros[0] if len(zeros) == 1 else zeros,
         }
+    return {**tensor_detail(detail), "quantization": quant}
+
+
+def tensor_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """An interpreter's input or output detail as JSON: name, index, shapes and dtype."""
     return {
         "name": detail["name"],
         "index": int(detail["index"]),
         "shape": [int(d) for d in detail["shape"]],
         "shape_signature": [int(d) for d in detail["shape_signature"]],
         "dtype": detail["dtype"].__name__,
-        "quantization": quant,
     }
 
 
@@ -483,20 +310,12 @@ def _failure(exc: BaseException, graph: dict[str, Any], memory_bytes: int) -> di
     missing_op = bool(_MISSING_OP.search(text))
     memory = (
         isinstance(exc, MemoryError)
-        or bool(_MEMORY_HINTS.search(text))
-        or (not missing_op and graph["tensor_bytes"] + _vm_bytes() > memory_bytes)
+        or looks_out_of_memory(text)
+        or (not missing_op and graph["tensor_bytes"] + mapped_bytes() > memory_bytes)
     )
     if memory and graph["tensor_bytes"]:
-        text = f"{text} (the model's tensors need up to {graph['tensor_bytes'] / _MB:.0f} MiB)"
+        text = f"{text} (the model's tensors need up to {graph['tensor_bytes'] / MB:.0f} MiB)"
     return {"ok": False, "memory": memory, "message": text}
-
-
-def _vm_bytes() -> int:
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(status.split("VmSize:")[1].split()[0]) * 1024
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def _forward(interpreter, seed: int, graph: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
