@@ -150,7 +150,8 @@ def freeze_final(path, refreeze=False, s3=None) -> dict:
 
 
 def send_receipts(path, s3=None, send=None) -> dict:
-    from mai_ops.infra.storage import FROZEN_MANIFEST, get_json
+    from mai_ops.infra.layout import FROZEN_MANIFEST
+    from mai_ops.infra.storage import get_json
 
     challenge = load_challenge(path)
     s3, _ = _clients(s3, send)
@@ -215,6 +216,7 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str
     record are merged, so a notification that never came (or a run that failed)
     delays an answer but never loses it.
     """
+    from mai_ops.infra.layout import upload_track
     from mai_ops.submissions.validation import MAX_PER_RUN, pending_uploads
 
     challenge = load_challenge(path)
@@ -232,7 +234,7 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str
         log.info("announced uploads already answered or gone: %s", ", ".join(missing[:10]))
     by_track: dict[str, list[str]] = {t.id: [] for t in challenge.tracks}
     for upload in pending:  # oldest first: quotas count earlier uploads
-        track = upload["key"].split("/", 1)[0]
+        track = upload_track(upload["key"])
         lane = by_track.setdefault(track if track in by_track else "_unknown", [])
         if len(lane) < MAX_PER_RUN:
             lane.append(upload["key"])

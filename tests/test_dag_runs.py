@@ -8,7 +8,8 @@ import pytest
 
 from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
-from mai_ops.infra.storage import FROZEN_MANIFEST, get_json
+from mai_ops.infra.layout import FROZEN_MANIFEST
+from mai_ops.infra.storage import get_json
 
 from .conftest import PROJECT
 from .conftest import REHEARSAL as MAI2021

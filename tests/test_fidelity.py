@@ -556,12 +556,12 @@ def _put_npy(s3, bucket: str, key: str, array: np.ndarray) -> None:
 
 
 def test_validation_set_from_the_bucket_and_the_score(s3, models, challenge):
+    from mai_ops.infra.layout import validation_keys
     from mai_ops.models.fidelity import (
         ValidationDataError,
         evaluate_model,
         load_validation_set,
         score_from,
-        validation_keys,
     )
 
     track = challenge.track("denoising")

@@ -28,15 +28,13 @@ import pytest
 from mai_ops.challenge.config import load_challenge
 from mai_ops.challenge.participants import Team
 from mai_ops.errors import stage_codes
+from mai_ops.infra.layout import PHASES, BadUploadKey, UploadKey, parse_upload_key
 from mai_ops.submissions.intake import (
-    PHASES,
     IntakeError,
     PastUpload,
     Upload,
-    UploadPath,
     check_submission,
     judge_upload,
-    parse_upload_key,
     register_cli,
 )
 from tests.conftest import MAI2021, PROJECT
@@ -87,7 +85,7 @@ def minutes(n: int) -> dt.timedelta:
 
 
 def test_parse_upload_key():
-    assert parse_upload_key("depth/final/borealis/sub.zip") == UploadPath(
+    assert parse_upload_key("depth/final/borealis/sub.zip") == UploadKey(
         "depth", "final", "borealis", "sub.zip"
     )
 
@@ -106,8 +104,10 @@ def test_parse_upload_key():
     ],
 )
 def test_bad_key(key):
-    with pytest.raises(IntakeError) as caught:
+    with pytest.raises(BadUploadKey):
         parse_upload_key(key)
+    with pytest.raises(IntakeError) as caught:
+        judge(up(key=key))
     assert caught.value.code == "bad_key"
     assert caught.value.path is None
     assert code_of(up(key=key)) == "bad_key"
@@ -171,7 +171,7 @@ def test_each_rule_has_its_code(upload, history, code):
 
 
 def test_a_good_upload_is_accepted():
-    assert judge(up()) == UploadPath("learned_isp", "validation", "aurora", "sub.zip")
+    assert judge(up()) == UploadKey("learned_isp", "validation", "aurora", "sub.zip")
     assert judge(up(key="depth/final/free/final.ZIP", at=TEST_DATA)).team == "free"
     assert PHASES == ("validation", "final")
 

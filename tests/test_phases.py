@@ -17,7 +17,8 @@ from mai_ops.challenge.config import load_challenge
 from mai_ops.challenge.participants import load_teams, parse_participants
 from mai_ops.challenge.timeline import all_reminders, event_instant
 from mai_ops.dev.embedded import read_outbox
-from mai_ops.infra.storage import FROZEN_MANIFEST, get_json, list_objects
+from mai_ops.infra.layout import FROZEN_MANIFEST
+from mai_ops.infra.storage import get_json, list_objects
 from mai_ops.publishing.release import ReleaseError
 
 from .conftest import REHEARSAL as MAI2021

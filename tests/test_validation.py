@@ -16,8 +16,9 @@ import pytest
 from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
+from mai_ops.infra.layout import upload_record_key as record_key
 from mai_ops.infra.storage import get_json
-from mai_ops.submissions.validation import pending_uploads, record_key
+from mai_ops.submissions.validation import pending_uploads
 
 from .conftest import REHEARSAL as MAI2021
 from .conftest import reference_model

@@ -28,6 +28,7 @@ from mai_ops.challenge.timeline import DagPhase, dag_id, phase_instants
 from mai_ops.dev.embedded import LocalS3, LocalSMTP, connection_env, ensure_buckets, read_outbox
 from mai_ops.dev.reference_models import build_reference_tflite
 from mai_ops.devices.pools import import_pools
+from mai_ops.infra.layout import FINAL_PHASE, FROZEN, PRELIMINARY_JSON, data_prefix, upload_key
 
 PROJECT = PROJECT_ROOT
 
@@ -71,7 +72,7 @@ def stage_demo_data(s3, challenge: Challenge, challenge_file: Path) -> None:
             np.savez_compressed(buf, sample=rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8))
             s3.put_object(
                 Bucket=challenge.buckets.organizers,
-                Key=f"data/{event}/{track.id}.npz",
+                Key=f"{data_prefix(event)}{track.id}.npz",
                 Body=buf.getvalue(),
             )
     teams = load_teams(challenge, challenge_file)
@@ -90,7 +91,7 @@ def stage_demo_data(s3, challenge: Challenge, challenge_file: Path) -> None:
                 zf.writestr("readme.txt", f"{team.name}, {track_id}\n")
             s3.put_object(
                 Bucket=challenge.buckets.submissions,
-                Key=f"{track_id}/final/{team.team_id}/submission.zip",
+                Key=upload_key(track_id, FINAL_PHASE, team.team_id, "submission.zip"),
                 Body=archive.getvalue(),
             )
 
@@ -232,7 +233,7 @@ def _report(
     failed = [r for r in results if not r.state.endswith("success")]
     mails = read_outbox(outbox)
     public = [o["Key"] for o in list_objects(s3, challenge.buckets.public)]
-    frozen = [o["Key"] for o in list_objects(s3, challenge.buckets.results, "frozen/")]
+    frozen = [o["Key"] for o in list_objects(s3, challenge.buckets.results, FROZEN)]
     print("\n== summary ==")
     print(f"DAG runs: {len(results)}, failed: {len(failed)}")
     for r in failed:
@@ -246,17 +247,13 @@ def _report(
     print(f"public bucket objects: {len(public)}; frozen objects: {len(frozen)}")
     from mai_ops.infra.storage import get_json
 
-    published = "results/preliminary.json" in public
-    table = (
-        get_json(s3, challenge.buckets.public, "results/preliminary.json")["results"]
-        if published
-        else []
-    )
+    published = PRELIMINARY_JSON in public
+    table = get_json(s3, challenge.buckets.public, PRELIMINARY_JSON)["results"] if published else []
     print("preliminary results (runtime = median on the track's device):")
     for r in table:
         runtime = (r.get("runtime") or {}).get("median_ms")
         shown = f"{runtime:.2f} ms" if runtime is not None else r["errors"][0]["code"]
         print(f"  {r['track']:<16} {r['team']:<10} {r['device']:<14} {r['status']:<9} {shown}")
-    ok = not failed and duplicates == 0 and mails and "results/preliminary.json" in public
+    ok = not failed and duplicates == 0 and mails and PRELIMINARY_JSON in public
     print("demo " + ("finished: every phase ran" if ok else "FAILED"))
     return 0 if ok else 1

@@ -1,9 +1,8 @@
-"""Object-storage helpers over a boto3 S3 client, and the bucket layout.
+"""Object-storage helpers over a boto3 S3 client.
 
 The DAGs get their client from the Amazon provider's ``S3Hook`` (connection
 ``aws_default``); tests and the demo build one against the local S3-compatible
-server. Keys are derived from the challenge, event, track and team, never from
-the clock, so a cleared task writes to the same place again. See docs/storage.md.
+server. Which key holds what is :mod:`mai_ops.infra.layout` (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -14,29 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 CHUNK = 1024 * 1024
-
-
-def data_prefix(event: str) -> str:
-    """Organizers' bucket: the files to publish at ``event`` (e.g. train_data_release)."""
-    return f"data/{event}/"
-
-
-def release_prefix(event: str) -> str:
-    """Public bucket: what participants download after ``event``."""
-    return f"releases/{event}/"
-
-
-def final_upload_prefix(track: str, team: str) -> str:
-    """Submissions bucket: a team's final-phase uploads for a track."""
-    return f"{track}/final/{team}/"
-
-
-FROZEN_MANIFEST = "frozen/manifest.json"
-
-
-def frozen_key(track: str, team: str, filename: str) -> str:
-    """Results bucket: the immutable copy of a team's final submission."""
-    return f"frozen/{track}/{team}/{filename}"
 
 
 def list_objects(s3: Any, bucket: str, prefix: str = "") -> Iterator[dict]:

@@ -15,7 +15,7 @@ Validation data for a track lives in the organizers' bucket, in pairs by name::
     validation/<track>/input/<name>.npy    the model's input for one sample
     validation/<track>/gt/<name>.npy       its ground truth
 
-(:func:`load_validation_set`, :func:`validation_keys`). A folder given to
+(:func:`load_validation_set`, :func:`mai_ops.infra.layout.validation_keys`). A folder given to
 :func:`evaluate_model` has the same layout: ``<folder>/input/<name>.npy`` and
 ``<folder>/gt/<name>.npy``. Samples run in name order. An input without a ground truth
 (or the reverse) is a staging mistake and an error; no validation data at all is not
@@ -82,7 +82,6 @@ from mai_ops.models.metrics import (
 log = logging.getLogger(__name__)
 
 CHILD = "mai_ops.models.fidelity_child"
-VALIDATION_PREFIX = "validation"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MEMORY_MB = 4096
 
@@ -125,11 +124,6 @@ class FidelityResult:
 # ---------------------------------------------------------------------------------
 
 
-def validation_keys(track: str) -> tuple[str, str]:
-    """(input prefix, ground-truth prefix) of a track in the organizers' bucket."""
-    return (f"{VALIDATION_PREFIX}/{track}/input/", f"{VALIDATION_PREFIX}/{track}/gt/")
-
-
 def load_validation_set(s3: Any, challenge: Any, track: Any) -> tuple[list, list]:
     """The validation pairs of ``track`` as (inputs, ground truths), in name order.
 
@@ -137,6 +131,7 @@ def load_validation_set(s3: Any, challenge: Any, track: Any) -> tuple[list, list
     ``track`` a :class:`~mai_ops.challenge.config.Track` or its id. Returns two empty lists when
     nothing is staged. Unpaired or unreadable files raise :class:`ValidationDataError`.
     """
+    from mai_ops.infra.layout import validation_data_prefix, validation_keys
     from mai_ops.infra.storage import list_objects
 
     track_id = getattr(track, "id", track)
@@ -149,7 +144,7 @@ def load_validation_set(s3: Any, challenge: Any, track: Any) -> tuple[list, list
     truths = _npy_keys(list_objects(s3, bucket, gt_prefix), gt_prefix)
     if not inputs and not truths:
         return [], []
-    _check_pairs(set(inputs), set(truths), f"s3://{bucket}/{VALIDATION_PREFIX}/{track_id}")
+    _check_pairs(set(inputs), set(truths), f"s3://{bucket}/{validation_data_prefix(track_id)}")
     names = sorted(inputs)
     xs = [_load_npy(_get(s3, bucket, inputs[n]), f"s3://{bucket}/{inputs[n]}") for n in names]
     ys = [_load_npy(_get(s3, bucket, truths[n]), f"s3://{bucket}/{truths[n]}") for n in names]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mai_ops.infra.layout import notice_marker_key
 from mai_ops.infra.storage import object_exists, put_json
 
 _KEY = re.compile(r"^[A-Za-z0-9._/-]+$")
@@ -41,7 +42,7 @@ class DeliveryReport:
 
 
 def marker_key(notice: Notice) -> str:
-    return f"notifications/{notice.key}.json"
+    return notice_marker_key(notice.key)
 
 
 def deliver(

@@ -12,13 +12,13 @@ from typing import Any
 from mai_ops.challenge.config import Challenge, Event
 from mai_ops.challenge.participants import Team
 from mai_ops.errors import NeedsOrganizer
-from mai_ops.infra.storage import (
-    copy_if_changed,
+from mai_ops.infra.layout import (
     data_prefix,
-    list_objects,
-    put_json,
+    release_manifest_key,
     release_prefix,
+    release_sums_key,
 )
+from mai_ops.infra.storage import copy_if_changed, list_objects, put_json
 from mai_ops.notify.ledger import Notice
 
 DEFAULT_LINK_TTL_S = 7 * 24 * 3600
@@ -53,9 +53,9 @@ def publish_release(s3: Any, challenge: Challenge, event: Event) -> dict:
         "title": event.title,
         "files": files,
     }
-    put_json(s3, buckets.public, dst + "manifest.json", manifest)
+    put_json(s3, buckets.public, release_manifest_key(event.name), manifest)
     sums = "".join(f"{f['sha256']}  {f['key'][len(dst) :]}\n" for f in files)
-    s3.put_object(Bucket=buckets.public, Key=dst + "SHA256SUMS", Body=sums.encode())
+    s3.put_object(Bucket=buckets.public, Key=release_sums_key(event.name), Body=sums.encode())
     return manifest
 
 

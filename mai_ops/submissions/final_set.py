@@ -17,16 +17,14 @@ from typing import Any
 from mai_ops.challenge.config import Challenge
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import event_instant
-from mai_ops.infra.storage import (
+from mai_ops.infra.layout import (
     FROZEN_MANIFEST,
-    copy_if_changed,
+    final_phase_prefix,
     final_upload_prefix,
+    final_upload_team,
     frozen_key,
-    get_json,
-    list_objects,
-    object_exists,
-    put_json,
 )
+from mai_ops.infra.storage import copy_if_changed, get_json, list_objects, object_exists, put_json
 from mai_ops.notify.ledger import Notice
 
 
@@ -42,9 +40,9 @@ def freeze_final_set(
     frozen, missing, rejected = [], [], []
     for track in challenge.tracks:
         uploads_by_team: dict[str, list[dict]] = {}
-        for obj in list_objects(s3, buckets.submissions, f"{track.id}/final/"):
-            parts = obj["Key"].split("/")
-            if len(parts) < 4 or not parts[-1]:
+        for obj in list_objects(s3, buckets.submissions, final_phase_prefix(track.id)):
+            team_id = final_upload_team(obj["Key"])
+            if team_id is None or obj["Key"].endswith("/"):
                 rejected.append({"key": obj["Key"], "reason": "not under <track>/final/<team>/"})
                 continue
             uploaded = obj["LastModified"].astimezone(dt.UTC)
@@ -58,7 +56,7 @@ def freeze_final_set(
                     }
                 )
                 continue
-            uploads_by_team.setdefault(parts[2], []).append(obj)
+            uploads_by_team.setdefault(team_id, []).append(obj)
         for team_id in sorted(uploads_by_team):
             if team_id not in known:
                 rejected.extend(

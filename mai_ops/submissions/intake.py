@@ -14,7 +14,8 @@ Two halves, both pure (no Airflow, no network; the S3 and DAG glue call them):
   track has a fidelity model, on ``model_none.tflite``.
 
 The key layout is ``<track>/<phase>/<team>/<filename>`` in the challenge's
-submissions bucket, ``phase`` being ``validation`` or ``final``.
+submissions bucket (:mod:`mai_ops.infra.layout`), ``phase`` being ``validation``
+or ``final``.
 
 Decisions (docs/participants.md explains them to teams):
 
@@ -63,11 +64,11 @@ from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import event_instant
 from mai_ops.errors import StageError, registered
 from mai_ops.infra.child import ChildLimits
+from mai_ops.infra.layout import PHASES, BadUploadKey, UploadKey, parse_upload_key
 from mai_ops.models.checks import ModelSpec, check_model
 from mai_ops.models.conversion import ConversionError, convert_in_child
 from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_submission
 
-PHASES = ("validation", "final")
 STATUSES = ("ok", "failed", "rejected")
 _MB = 1024 * 1024
 MAX_UPLOAD_MB = ArchiveLimits().max_total_mb
@@ -76,7 +77,7 @@ MAX_UPLOAD_MB = ArchiveLimits().max_total_mb
 class IntakeError(StageError):
     """An upload refused by a rule; ``path`` is the parsed key when it could be parsed."""
 
-    def __init__(self, code: str, message: str, path: UploadPath | None = None):
+    def __init__(self, code: str, message: str, path: UploadKey | None = None):
         super().__init__(code, message)
         assert self.stage == "intake", code
         self.path = path
@@ -109,29 +110,6 @@ class PastUpload:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
 
 
-@dataclass(frozen=True)
-class UploadPath:
-    track: str
-    phase: str
-    team: str
-    filename: str
-
-
-def parse_upload_key(key: str) -> UploadPath:
-    """``"<track>/<phase>/<team>/<filename>"`` -> its parts; ``bad_key`` otherwise."""
-    parts = key.split("/")
-    shown = repr(key)
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        raise IntakeError("bad_key", f"the upload key {shown} has control characters")
-    if len(parts) != 4 or not all(parts) or any(p in (".", "..") for p in parts):
-        raise IntakeError(
-            "bad_key",
-            f"the upload key {shown} is not of the form <track>/<phase>/<team>/<file>.zip "
-            "(for example learned_isp/validation/your_team/submission.zip)",
-        )
-    return UploadPath(*parts)
-
-
 def oversize(size: int) -> str:
     """Why an upload of ``size`` bytes is too large, or "" when it is not.
 
@@ -144,9 +122,12 @@ def oversize(size: int) -> str:
 
 def judge_upload(
     upload: Upload, challenge: Challenge, teams: list[Team], history: list[PastUpload]
-) -> UploadPath:
+) -> UploadKey:
     """The upload's parsed key when it is a submission to process; raises IntakeError."""
-    path = parse_upload_key(upload.key)
+    try:
+        path = parse_upload_key(upload.key)
+    except BadUploadKey as exc:
+        raise IntakeError("bad_key", str(exc)) from None
 
     def refuse(code: str, message: str) -> IntakeError:
         return IntakeError(code, message, path)

@@ -17,7 +17,14 @@ from typing import Any
 
 from mai_ops.challenge.config import Challenge
 from mai_ops.errors import NeedsOrganizer
-from mai_ops.infra.storage import FROZEN_MANIFEST, get_json, list_objects, object_exists, put_json
+from mai_ops.infra.layout import (
+    FROZEN_MANIFEST,
+    PRELIMINARY_CSV,
+    PRELIMINARY_JSON,
+    SCORES,
+    score_key,
+)
+from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json
 from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
 
 
@@ -33,10 +40,6 @@ def frozen_entries(s3: Any, challenge: Challenge) -> list[dict]:
             "run the final collection first"
         )
     return get_json(s3, bucket, FROZEN_MANIFEST)["frozen"]
-
-
-def score_key(track: str, team: str) -> str:
-    return f"scores/{track}/{team}.json"
 
 
 def verify_frozen_submission(
@@ -74,9 +77,7 @@ def verify_frozen_submission(
 
 def collect_results(s3: Any, challenge: Challenge) -> list[dict]:
     bucket = challenge.buckets.results
-    keys = sorted(
-        o["Key"] for o in list_objects(s3, bucket, "scores/") if o["Key"].endswith(".json")
-    )
+    keys = sorted(o["Key"] for o in list_objects(s3, bucket, SCORES) if o["Key"].endswith(".json"))
     return [get_json(s3, bucket, key) for key in keys]
 
 
@@ -94,7 +95,7 @@ def publish_preliminary(s3: Any, challenge: Challenge, records: list[dict]) -> d
     """Write the preliminary results table (JSON and CSV) to the public bucket."""
     rows = sorted(records, key=_rank_key)
     table = {"challenge": challenge.id, "results": rows}
-    put_json(s3, challenge.buckets.public, "results/preliminary.json", table)
+    put_json(s3, challenge.buckets.public, PRELIMINARY_JSON, table)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["track", "team", "status", "runtime_ms", "device", "error", "sha256"])
@@ -106,7 +107,7 @@ def publish_preliminary(s3: Any, challenge: Challenge, records: list[dict]) -> d
         )
     s3.put_object(
         Bucket=challenge.buckets.public,
-        Key="results/preliminary.csv",
+        Key=PRELIMINARY_CSV,
         Body=out.getvalue().encode(),
         ContentType="text/csv",
     )

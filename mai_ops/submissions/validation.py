@@ -19,25 +19,26 @@ from typing import Any
 
 from mai_ops.challenge.config import Challenge
 from mai_ops.challenge.participants import Team
+from mai_ops.infra.layout import (
+    UPLOAD_RECORDS,
+    is_final_upload,
+    loose_upload_key,
+    parse_upload_record_key,
+    team_records_prefix,
+    upload_record_key,
+)
 from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
 from mai_ops.notify.ledger import Notice
 from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable, runtime_ms
 
-RECORDS = "uploads/"
 # A run answers at most this many uploads per track; the next run takes the rest.
 MAX_PER_RUN = 200
 
 
-def record_key(upload_key: str, etag: str) -> str:
-    """One record per stored version: a re-upload under the same name is a new upload."""
-    return f"{RECORDS}{upload_key}/{etag.strip(chr(34))}.json"
-
-
 def _recorded(s3: Any, challenge: Challenge) -> set[tuple[str, str]]:
     done = set()
-    for obj in list_objects(s3, challenge.buckets.results, RECORDS):
-        key, _, etag = obj["Key"][len(RECORDS) : -len(".json")].rpartition("/")
-        done.add((key, etag))
+    for obj in list_objects(s3, challenge.buckets.results, UPLOAD_RECORDS):
+        done.add(parse_upload_record_key(obj["Key"]))
     return done
 
 
@@ -51,8 +52,7 @@ def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
     found = []
     for obj in list_objects(s3, challenge.buckets.submissions):
         key, etag = obj["Key"], obj["ETag"].strip('"')
-        parts = key.split("/")
-        if (key, etag) in done or key.endswith("/") or (len(parts) > 1 and parts[1] == "final"):
+        if (key, etag) in done or key.endswith("/") or is_final_upload(key):
             continue
         found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
     return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
@@ -62,9 +62,8 @@ def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
     """The team's other judged uploads for the same track and phase."""
     from mai_ops.submissions.intake import PastUpload
 
-    prefix = RECORDS + "/".join(key.split("/")[:3]) + "/"
     past = []
-    for obj in list_objects(s3, challenge.buckets.results, prefix):
+    for obj in list_objects(s3, challenge.buckets.results, team_records_prefix(key)):
         rec = get_json(s3, challenge.buckets.results, obj["Key"])
         if (rec["key"], rec.get("etag")) == (key, etag) or rec.get("track") is None:
             continue
@@ -99,20 +98,20 @@ def process_upload(
     results = challenge.buckets.results
     head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
     etag = head["ETag"].strip('"')
-    if object_exists(s3, results, record_key(key, etag)):
-        stored = get_json(s3, results, record_key(key, etag))
+    if object_exists(s3, results, upload_record_key(key, etag)):
+        stored = get_json(s3, results, upload_record_key(key, etag))
         if not (retry_failed and retryable(stored)):
             return stored
     uploaded_at = head["LastModified"].astimezone(dt.UTC)
     record = Evaluation(
         key=key, etag=etag, uploaded_at=uploaded_at.isoformat(), size=head["ContentLength"]
     )
-    parts = key.split("/")
-    if len(parts) == 4:
-        record.track, record.phase, record.team = parts[:3]
+    named = loose_upload_key(key)
+    if named is not None:
+        record.track, record.phase, record.team = named.track, named.phase, named.team
     if oversize(record.size):  # judged before a byte is downloaded
         record.fail(IntakeError("upload_too_large", oversize(record.size)))
-        put_json(s3, results, record_key(key, etag), record.as_json())
+        put_json(s3, results, upload_record_key(key, etag), record.as_json())
         return record.as_json()
     with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
         archive = Path(tmp) / "upload.zip"
@@ -130,7 +129,7 @@ def process_upload(
             if path.phase == "validation":
                 data = partial(load_validation_set, s3, challenge, track)
             evaluate(record, challenge, track, archive, Path(tmp), fidelity_data=data)
-    put_json(s3, results, record_key(key, etag), record.as_json())
+    put_json(s3, results, upload_record_key(key, etag), record.as_json())
     return record.as_json()
 
 

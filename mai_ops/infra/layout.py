@@ -1,0 +1,180 @@
+"""The bucket layout: every object key and prefix the pipelines read or write.
+
+Keys are derived from the challenge's event, track, team and upload, never from the
+clock, so a cleared task writes the same objects again. Nothing else in the project
+spells a key by hand; docs/storage.md is this module in a table. Which bucket holds
+what is the challenge's ``buckets`` (organizers, public, submissions, results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- submissions bucket: <track>/<phase>/<team>/<filename> -----------------------------
+
+FINAL_PHASE = "final"
+PHASES = ("validation", FINAL_PHASE)
+
+
+class BadUploadKey(ValueError):
+    """A submissions-bucket key that is not ``<track>/<phase>/<team>/<filename>``."""
+
+
+@dataclass(frozen=True)
+class UploadKey:
+    """The parts of a participant's upload key."""
+
+    track: str
+    phase: str
+    team: str
+    filename: str
+
+    @property
+    def key(self) -> str:
+        return upload_key(self.track, self.phase, self.team, self.filename)
+
+
+def upload_key(track: str, phase: str, team: str, filename: str) -> str:
+    return f"{track}/{phase}/{team}/{filename}"
+
+
+def parse_upload_key(key: str) -> UploadKey:
+    """``"<track>/<phase>/<team>/<filename>"`` -> its parts; :class:`BadUploadKey` otherwise.
+
+    The message is written for the team that uploaded (it goes into the reply email).
+    """
+    parts = key.split("/")
+    shown = repr(key)
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise BadUploadKey(f"the upload key {shown} has control characters")
+    if len(parts) != 4 or not all(parts) or any(p in (".", "..") for p in parts):
+        raise BadUploadKey(
+            f"the upload key {shown} is not of the form <track>/<phase>/<team>/<file>.zip "
+            "(for example learned_isp/validation/your_team/submission.zip)"
+        )
+    return UploadKey(*parts)
+
+
+def loose_upload_key(key: str) -> UploadKey | None:
+    """The four parts of a four-part key even when :func:`parse_upload_key` refuses it.
+
+    A malformed upload is still recorded under its track, phase and team, so the team
+    it names hears why it was refused.
+    """
+    parts = key.split("/")
+    return UploadKey(*parts) if len(parts) == 4 else None
+
+
+def upload_track(key: str) -> str:
+    """The first part of an upload key: the lane a validation run processes it in."""
+    return key.split("/", 1)[0]
+
+
+def is_final_upload(key: str) -> bool:
+    """Under ``<track>/final/``: frozen at the deadline, not answered by the validation server."""
+    parts = key.split("/")
+    return len(parts) > 1 and parts[1] == FINAL_PHASE
+
+
+def final_phase_prefix(track: str) -> str:
+    """Every final-phase upload of a track."""
+    return f"{track}/{FINAL_PHASE}/"
+
+
+def final_upload_prefix(track: str, team: str) -> str:
+    """A team's final-phase uploads for a track."""
+    return f"{track}/{FINAL_PHASE}/{team}/"
+
+
+def final_upload_team(key: str) -> str | None:
+    """The team of a key under ``<track>/final/<team>/...`` (deeper files included), else None."""
+    parts = key.split("/")
+    return parts[2] if len(parts) >= 4 and parts[1] == FINAL_PHASE else None
+
+
+# --- results bucket ---------------------------------------------------------------------
+
+UPLOAD_RECORDS = "uploads/"
+
+
+def upload_record_key(upload_key: str, etag: str) -> str:
+    """One record per stored version: a re-upload under the same name is a new upload."""
+    return f"{UPLOAD_RECORDS}{upload_key}/{etag.strip(chr(34))}.json"
+
+
+def parse_upload_record_key(key: str) -> tuple[str, str]:
+    """(upload key, etag) of a record key written by :func:`upload_record_key`."""
+    upload, _, etag = key[len(UPLOAD_RECORDS) : -len(".json")].rpartition("/")
+    return upload, etag
+
+
+def team_records_prefix(upload_key: str) -> str:
+    """The records of every upload with the same track, phase and team as ``upload_key``."""
+    return UPLOAD_RECORDS + "/".join(upload_key.split("/")[:3]) + "/"
+
+
+FROZEN = "frozen/"
+FROZEN_MANIFEST = f"{FROZEN}manifest.json"
+
+
+def frozen_key(track: str, team: str, filename: str) -> str:
+    """The immutable copy of a team's final submission."""
+    return f"{FROZEN}{track}/{team}/{filename}"
+
+
+SCORES = "scores/"
+
+
+def score_key(track: str, team: str) -> str:
+    """The score record of one frozen submission."""
+    return f"{SCORES}{track}/{team}.json"
+
+
+NOTICE_MARKERS = "notifications/"
+
+
+def notice_marker_key(notice_key: str) -> str:
+    """The sent-marker of one email, checked before sending so nothing is sent twice."""
+    return f"{NOTICE_MARKERS}{notice_key}.json"
+
+
+# --- organizers' bucket -----------------------------------------------------------------
+
+
+def data_prefix(event: str) -> str:
+    """The files to publish at ``event`` (e.g. train_data_release)."""
+    return f"data/{event}/"
+
+
+VALIDATION_DATA = "validation"
+
+
+def validation_data_prefix(track: str) -> str:
+    """A track's validation pairs (``input/`` and ``gt/`` below it)."""
+    return f"{VALIDATION_DATA}/{track}"
+
+
+def validation_keys(track: str) -> tuple[str, str]:
+    """(input prefix, ground-truth prefix) of a track's validation ``.npy`` pairs."""
+    base = validation_data_prefix(track)
+    return (f"{base}/input/", f"{base}/gt/")
+
+
+# --- public bucket ----------------------------------------------------------------------
+
+
+def release_prefix(event: str) -> str:
+    """What participants download after ``event``."""
+    return f"releases/{event}/"
+
+
+def release_manifest_key(event: str) -> str:
+    return f"{release_prefix(event)}manifest.json"
+
+
+def release_sums_key(event: str) -> str:
+    return f"{release_prefix(event)}SHA256SUMS"
+
+
+PRELIMINARY_JSON = "results/preliminary.json"
+PRELIMINARY_CSV = "results/preliminary.csv"

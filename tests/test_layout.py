@@ -1,0 +1,105 @@
+"""The bucket layout: keys round-trip, bad upload keys are refused, the strings never change.
+
+Stored objects, the demo and the docs depend on these exact strings, so a change
+here is a data migration, not a refactoring.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mai_ops.infra import layout
+from mai_ops.infra.layout import BadUploadKey, UploadKey, parse_upload_key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "depth/final/borealis/sub.zip",
+        "learned_isp/validation/aurora/2021-03-01 v2.ZIP",
+        "x/y/z/w",
+    ],
+)
+def test_upload_keys_round_trip(key):
+    parsed = parse_upload_key(key)
+    assert parsed.key == key
+    assert layout.upload_key(parsed.track, parsed.phase, parsed.team, parsed.filename) == key
+    assert layout.loose_upload_key(key) == parsed
+    assert layout.upload_track(key) == parsed.track
+    assert parse_upload_key(UploadKey("depth", "final", "borealis", "a.zip").key) == UploadKey(
+        "depth", "final", "borealis", "a.zip"
+    )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "depth/final/sub.zip",
+        "depth/final/borealis/x/sub.zip",
+        "depth/final/borealis/",
+        "/depth/final/borealis/sub.zip",
+        "depth//borealis/sub.zip",
+        "depth/final/../sub.zip",
+        "depth/./borealis/sub.zip",
+        "depth/final/borealis/sub\n.zip",
+        "depth/final/borealis/sub\x7f.zip",
+        "",
+    ],
+)
+def test_the_parser_refuses_bad_keys(key):
+    with pytest.raises(BadUploadKey, match="upload key"):
+        parse_upload_key(key)
+
+
+def test_a_malformed_four_part_key_still_names_its_team():
+    assert layout.loose_upload_key("depth//borealis/sub.zip") == UploadKey(
+        "depth", "", "borealis", "sub.zip"
+    )
+    assert layout.loose_upload_key("depth/final/sub.zip") is None
+
+
+def test_final_phase_keys():
+    assert layout.final_phase_prefix("depth") == "depth/final/"
+    assert layout.final_upload_prefix("depth", "borealis") == "depth/final/borealis/"
+    assert layout.is_final_upload("depth/final/borealis/sub.zip")
+    assert not layout.is_final_upload("depth/validation/borealis/sub.zip")
+    assert not layout.is_final_upload("final")
+    assert layout.final_upload_team("depth/final/borealis/sub.zip") == "borealis"
+    assert layout.final_upload_team("depth/final/borealis/deeper/sub.zip") == "borealis"
+    assert layout.final_upload_team("depth/final/sub.zip") is None
+    assert layout.final_upload_team("depth/validation/borealis/sub.zip") is None
+
+
+def test_upload_records_round_trip():
+    upload = "depth/validation/borealis/a.zip"
+    record = layout.upload_record_key(upload, '"0123abcd"')
+    assert record == "uploads/depth/validation/borealis/a.zip/0123abcd.json"
+    assert layout.parse_upload_record_key(record) == (upload, "0123abcd")
+    assert record.startswith(layout.team_records_prefix(upload))
+    assert layout.team_records_prefix(upload) == "uploads/depth/validation/borealis/"
+    other_team = layout.upload_record_key("depth/validation/aurora/a.zip", "e")
+    assert not other_team.startswith(layout.team_records_prefix(upload))
+
+
+def test_the_stored_key_strings():
+    """The exact keys docs/storage.md lists; existing buckets hold objects under them."""
+    assert layout.data_prefix("train_data_release") == "data/train_data_release/"
+    assert layout.release_prefix("train_data_release") == "releases/train_data_release/"
+    assert layout.release_manifest_key("e") == "releases/e/manifest.json"
+    assert layout.release_sums_key("e") == "releases/e/SHA256SUMS"
+    assert layout.validation_keys("denoising") == (
+        "validation/denoising/input/",
+        "validation/denoising/gt/",
+    )
+    assert layout.frozen_key("depth", "borealis", "s.zip") == "frozen/depth/borealis/s.zip"
+    assert layout.FROZEN_MANIFEST == "frozen/manifest.json"
+    assert layout.frozen_key("t", "x", "f").startswith(layout.FROZEN)
+    assert layout.score_key("depth", "borealis") == "scores/depth/borealis.json"
+    assert layout.score_key("t", "x").startswith(layout.SCORES)
+    assert layout.notice_marker_key("mai2021/reminder/k/borealis") == (
+        "notifications/mai2021/reminder/k/borealis.json"
+    )
+    assert (layout.PRELIMINARY_JSON, layout.PRELIMINARY_CSV) == (
+        "results/preliminary.json",
+        "results/preliminary.csv",
+    )
