@@ -24,9 +24,16 @@ from mai_ops.challenge.timeline import (
 )
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.notify.ledger import Notice, deliver
-from mai_ops.notify.messages import event_notices, reminder_notices
-from mai_ops.publishing.release import publish_release, release_notices
-from mai_ops.submissions.final_set import freeze_final_set, receipt_notices
+from mai_ops.notify.messages import (
+    event_notices,
+    preliminary_results_notices,
+    receipt_notices,
+    release_notices,
+    reminder_notices,
+    upload_reply,
+)
+from mai_ops.publishing.release import DEFAULT_LINK_TTL_S, download_links, publish_release
+from mai_ops.submissions.final_set import freeze_final_set
 from mai_ops.submissions.scoring import (
     collect_results,
     frozen_entries,
@@ -101,7 +108,8 @@ def release_data(path, logical_date, event=None, manual=False, s3=None, send=Non
     for ev in resolve_events(challenge, DagPhase.RELEASE_DATA, logical_date, event, manual):
         manifest = publish_release(s3, challenge, ev)
         manifests.append({"event": ev.name, "files": len(manifest["files"])})
-        notices += release_notices(s3, challenge, ev, manifest, teams)
+        links = download_links(s3, challenge, manifest, DEFAULT_LINK_TTL_S)
+        notices += release_notices(challenge, ev, links, teams, DEFAULT_LINK_TTL_S)
     report = deliver(notices, _sender(send), s3, challenge.buckets.results)
     return {"releases": manifests, **report.as_dict()}
 
@@ -189,21 +197,7 @@ def publish_preliminary_results(path, s3=None, send=None) -> dict:
     challenge = load_challenge(path)
     s3, _ = _clients(s3, send)
     table = publish_preliminary(s3, challenge, collect_results(s3, challenge))
-    teams = load_teams(challenge, path, s3)
-    notices = []
-    for t in teams:
-        mine = [r for r in table["results"] if r["team"] == t.team_id]
-        if not mine:
-            continue
-        lines = "\n".join(f"- {r['track']}: {r['status']}" for r in mine)
-        notices.append(
-            Notice(
-                key=f"{challenge.id}/preliminary_results/{t.team_id}",
-                to=t.email,
-                subject=f"[{challenge.title}] Preliminary test results",
-                body=f"Dear {t.name},\n\nYour preliminary results:\n\n{lines}\n",
-            )
-        )
+    notices = preliminary_results_notices(challenge, table, load_teams(challenge, path, s3))
     report = deliver(notices, _sender(send), s3, challenge.buckets.results)
     return {"results": len(table["results"]), **report.as_dict()}
 
@@ -243,7 +237,7 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str
 
 def validate_upload(path, key, s3=None, send=None) -> dict:
     """One upload, start to answer: its record, and the reply email to its team."""
-    from mai_ops.submissions.validation import process_upload, reply_notice
+    from mai_ops.submissions.validation import process_upload
 
     challenge = load_challenge(path)
     s3, _ = _clients(s3, send)
@@ -252,7 +246,7 @@ def validate_upload(path, key, s3=None, send=None) -> dict:
     team = next((t for t in teams if t.team_id == record.get("team")), None)
     if team is not None:
         deliver(
-            [reply_notice(challenge, team, record)], _sender(send), s3, challenge.buckets.results
+            [upload_reply(challenge, team, record)], _sender(send), s3, challenge.buckets.results
         )
     else:
         log.warning("upload %s is from no registered team; recorded, nobody to answer", key)

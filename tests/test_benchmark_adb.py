@@ -14,7 +14,7 @@ import pytest
 
 from mai_ops.challenge.config import Device
 from mai_ops.devices.adb import AdbRun, benchmark_model_flags, run_adb
-from mai_ops.devices.litert import BenchmarkError
+from mai_ops.devices.results import BenchmarkError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STANDIN = FIXTURES / "adb_standin" / "adb"

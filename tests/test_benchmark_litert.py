@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from mai_ops.devices import litert as benchmark_litert
-from mai_ops.devices.litert import BenchmarkError, BenchmarkResult, run_litert
+from mai_ops.devices.litert import run_litert
 from mai_ops.devices.litert_child import summarize
+from mai_ops.devices.results import BenchmarkError, BenchmarkResult
 from mai_ops.infra import child
 from tests.conftest import process_gone
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mai_ops.challenge.config import Device
 from mai_ops.devices.benchmark_log import BenchmarkLogError, parse_benchmark_log
-from mai_ops.devices.litert import BenchmarkError, BenchmarkResult
+from mai_ops.devices.results import BenchmarkError, BenchmarkResult
 
 REMOTE_DIR = "/data/local/tmp/mai-ops"
 ADB_ENV = "MAI_OPS_ADB"  # path of the adb executable; default: adb on PATH

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mai_ops.challenge.config import Device, Track
-from mai_ops.devices.litert import BenchmarkError, BenchmarkResult, run_litert
+from mai_ops.devices.litert import run_litert
+from mai_ops.devices.results import BenchmarkError, BenchmarkResult
 
 __all__ = ["BenchmarkError", "BenchmarkResult", "run_benchmark"]
 

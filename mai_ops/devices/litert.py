@@ -47,11 +47,11 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from mai_ops.errors import StageError, stage_codes
+from mai_ops.devices.results import BenchmarkError, BenchmarkResult
+from mai_ops.errors import stage_codes
 from mai_ops.infra.child import ChildLimits, run_child
 
 CHILD = "mai_ops.devices.litert_child"
@@ -62,73 +62,6 @@ _STAGE_NAMES = {
     "first": "the warm-up runs",
     "warmup": "the timed runs",
 }
-
-
-class BenchmarkError(StageError):
-    """A benchmark that gave no runtime: a registered ``code`` and a readable ``message``.
-
-    Codes from this backend: ``benchmark_load_failed`` (not a model LiteRT can open or
-    allocate), ``benchmark_timeout`` (killed after ``timeout_s``),
-    ``benchmark_memory_exceeded`` (over ``memory_mb``, or killed by the kernel's OOM
-    killer), ``benchmark_crashed`` (the runtime died some other way),
-    ``benchmark_invoke_failed`` (``invoke()`` returned an error), ``benchmark_bad_request``
-    (the arguments).
-    """
-
-    def __init__(self, code: str, message: str):
-        super().__init__(code, message)
-        assert self.stage == "benchmark", code
-
-
-@dataclass
-class BenchmarkResult:
-    """One benchmark run on one device, times in milliseconds."""
-
-    device: str
-    backend: str
-    threads: int
-    init_ms: float
-    first_ms: float | None
-    warmup_avg_ms: float | None
-    avg_ms: float
-    median_ms: float | None
-    std_ms: float | None
-    p90_ms: float | None
-    min_ms: float | None
-    max_ms: float | None
-    count: int
-    peak_rss_mb: float | None
-    delegate: str | None = None
-    fully_delegated: bool | None = None
-    ops: list = field(default_factory=list)
-    cpu_ops: list[str] = field(default_factory=list)
-    input_shapes: list[list[int]] = field(default_factory=list)
-    base_rss_mb: float | None = None
-
-    JSON_KEYS: ClassVar[tuple[str, ...]] = (
-        "device",
-        "backend",
-        "threads",
-        "init_ms",
-        "first_ms",
-        "warmup_avg_ms",
-        "avg_ms",
-        "median_ms",
-        "std_ms",
-        "p90_ms",
-        "min_ms",
-        "max_ms",
-        "count",
-        "peak_rss_mb",
-    )
-
-    def as_json(self) -> dict[str, Any]:
-        """The figures a score record keeps (times rounded to the microsecond)."""
-        out: dict[str, Any] = {}
-        for key in self.JSON_KEYS:
-            value = getattr(self, key)
-            out[key] = round(value, 3) if isinstance(value, float) else value
-        return out
 
 
 def run_litert(

@@ -1,4 +1,16 @@
-"""Date-triggered notices: validation server online, reminders, workshop dates."""
+"""Every email the pipelines send to teams, one function per kind of message.
+
+Each takes plain data (the challenge, teams, a stored record or manifest) and returns
+:class:`~mai_ops.notify.ledger.Notice` objects; the ledger sends each at most once.
+The notice key says what the email is about, never when it was sent.
+
+- :func:`event_notices`: an event happened (validation server online, workshop).
+- :func:`reminder_notices`: an event is some days away.
+- :func:`release_notices`: data released, with download links.
+- :func:`upload_reply`: the verdict on one validation upload.
+- :func:`receipt_notices`: what was frozen for scoring at the final deadline.
+- :func:`preliminary_results_notices`: the team's preliminary results.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +19,9 @@ import datetime as dt
 from mai_ops.challenge.config import Challenge, Event
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import Reminder, event_instant
+from mai_ops.infra.layout import final_upload_team
 from mai_ops.notify.ledger import Notice
+from mai_ops.submissions.evaluation import runtime_ms
 
 
 def _when(challenge: Challenge, event: Event) -> str:
@@ -52,4 +66,145 @@ def reminder_notices(
                     ),
                 )
             )
+    return notices
+
+
+def release_notices(
+    challenge: Challenge, event: Event, links: list[dict], teams: list[Team], link_ttl_s: int
+) -> list[Notice]:
+    """One email per team with the released files' links (valid ``link_ttl_s`` seconds).
+
+    ``links``: name, size, sha256 and url of each file
+    (:func:`mai_ops.publishing.release.download_links`).
+    """
+    lines = [
+        f"- {f['name']} ({f['size']} bytes)\n  sha256 {f['sha256']}\n  {f['url']}" for f in links
+    ]
+    days = link_ttl_s / 86400
+    body_files = "\n".join(lines)
+    return [
+        Notice(
+            key=f"{challenge.id}/release/{event.name}/{team.team_id}",
+            to=team.email,
+            subject=f"[{challenge.title}] {event.title}",
+            body=(
+                f"Dear {team.name},\n\n{event.title}. Download links (valid {days:g} days):\n\n"
+                f"{body_files}\n\nCheck each file against its sha256 before use.\n"
+            ),
+        )
+        for team in teams
+    ]
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
+
+
+def runtime_line(rt: dict) -> str:
+    parts = [f"Runtime on {rt['device']}: {_ms(runtime_ms(rt))}"]
+    parts.append(f"(mean {_ms(rt.get('avg_ms'))}, std {_ms(rt.get('std_ms'))}, {rt['count']} runs")
+    if rt.get("init_ms") is not None:
+        parts.append(f"init {_ms(rt['init_ms'])}")
+    if rt.get("peak_rss_mb") is not None:
+        parts.append(f"peak memory {rt['peak_rss_mb']:.0f} MiB")
+    return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + ")"
+
+
+def _model_lines(checks: dict) -> list[str]:
+    """What the model is and what the archive held, as the checks saw it."""
+    lines = []
+    model = checks.get("model") or {}
+    for kind in ("inputs", "outputs"):
+        for i, t in enumerate(model.get(kind) or []):
+            q = t.get("quantization") or {}
+            quant = (
+                f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q.get("scale") else ""
+            )
+            lines.append(f"{kind[:-1]} {i}: {t.get('shape')} {t.get('dtype')}{quant}")
+    if model.get("ops"):
+        lines.append(f"ops: {', '.join(model['ops'])}")
+    if checks.get("converted_from"):
+        lines.append(f"converted for you from: {checks['converted_from']}")
+    if checks.get("files"):
+        lines.append(f"files: {', '.join(checks['files'][:20])}")
+    lines += [f"Note: {w}" for w in checks.get("warnings") or []]
+    return lines
+
+
+def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
+    """The email a team gets for one upload: the verdict, the reasons, the numbers."""
+    lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
+    digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
+    lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
+    status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
+    lines += ["", f"{status[record['status']]}.", ""]
+    for error in record["errors"]:
+        lines.append(f"- [{error['code']}] {error['message']}")
+    lines += _model_lines(record.get("checks") or {})
+    if record.get("runtime"):
+        lines.append(runtime_line(record["runtime"]))
+    for name, value in (record.get("metrics") or {}).items():
+        lines.append(f"{name}: {value:.4f}")
+    if record.get("score") is not None:
+        lines.append(f"Score: {record['score']:.6g}")
+    for note in record.get("notes", []):
+        lines.append(f"Note: {note}")
+    if record["status"] != "ok":
+        lines += ["", "Failed and rejected uploads do not count towards your limits."]
+    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
+    # One email per outcome of one stored version: a re-run with the same outcome
+    # sends nothing, a cleared task that now succeeds tells the team.
+    key = f"{key}/{record['etag']}/{record['status']}"
+    return Notice(
+        key=f"{challenge.id}/upload/{key}",
+        to=team.email,
+        subject=f"[{challenge.title}] {record['track']}: upload {record['status']}",
+        body="\n".join(lines) + "\n",
+    )
+
+
+def receipt_notices(challenge: Challenge, manifest: dict, teams: list[Team]) -> list[Notice]:
+    """A receipt per team: what was frozen (with sha256) and what is missing."""
+    notices = []
+    for team in teams:
+        mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
+        gaps = [m["track"] for m in manifest["missing"] if m["team"] == team.team_id]
+        late = [r for r in manifest["rejected"] if final_upload_team(r["key"]) == team.team_id]
+        if not mine and not gaps and not late:
+            continue
+        lines = [f"- {f['track']}: {f['source']} sha256 {f['sha256']}" for f in mine]
+        lines += [f"- {track}: NO final submission received" for track in gaps]
+        lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
+        notices.append(
+            Notice(
+                key=f"{challenge.id}/final_receipt/{team.team_id}",
+                to=team.email,
+                subject=f"[{challenge.title}] Final submission receipt",
+                body=(
+                    f"Dear {team.name},\n\nThe final submission deadline has passed. "
+                    "Frozen for scoring:\n\n" + "\n".join(lines) + "\n"
+                ),
+            )
+        )
+    return notices
+
+
+def preliminary_results_notices(
+    challenge: Challenge, table: dict, teams: list[Team]
+) -> list[Notice]:
+    """Each team with a result hears its status per track."""
+    notices = []
+    for t in teams:
+        mine = [r for r in table["results"] if r["team"] == t.team_id]
+        if not mine:
+            continue
+        lines = "\n".join(f"- {r['track']}: {r['status']}" for r in mine)
+        notices.append(
+            Notice(
+                key=f"{challenge.id}/preliminary_results/{t.team_id}",
+                to=t.email,
+                subject=f"[{challenge.title}] Preliminary test results",
+                body=f"Dear {t.name},\n\nYour preliminary results:\n\n{lines}\n",
+            )
+        )
     return notices

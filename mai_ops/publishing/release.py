@@ -2,7 +2,8 @@
 
 Files under ``data/<event>/`` in the organizers' bucket are copied to
 ``releases/<event>/`` in the public bucket with a sha256 manifest and a
-``SHA256SUMS`` file, and every registered team gets time-limited download links.
+``SHA256SUMS`` file; every registered team gets time-limited download links
+(:func:`download_links`, mailed by :func:`mai_ops.notify.messages.release_notices`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from mai_ops.challenge.config import Challenge, Event
-from mai_ops.challenge.participants import Team
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.infra.layout import (
     data_prefix,
@@ -19,7 +19,6 @@ from mai_ops.infra.layout import (
     release_sums_key,
 )
 from mai_ops.infra.storage import copy_if_changed, list_objects, put_json
-from mai_ops.notify.ledger import Notice
 
 DEFAULT_LINK_TTL_S = 7 * 24 * 3600
 
@@ -59,36 +58,20 @@ def publish_release(s3: Any, challenge: Challenge, event: Event) -> dict:
     return manifest
 
 
-def release_notices(
-    s3: Any,
-    challenge: Challenge,
-    event: Event,
-    manifest: dict,
-    teams: list[Team],
-    link_ttl_s: int = DEFAULT_LINK_TTL_S,
-) -> list[Notice]:
-    """One email per team with presigned links valid for ``link_ttl_s`` seconds."""
-    lines = []
-    for f in manifest["files"]:
-        url = s3.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": challenge.buckets.public, "Key": f["key"]},
-            ExpiresIn=link_ttl_s,
-        )
-        lines.append(
-            f"- {f['key'].rsplit('/', 1)[-1]} ({f['size']} bytes)\n  sha256 {f['sha256']}\n  {url}"
-        )
-    days = link_ttl_s / 86400
-    body_files = "\n".join(lines)
+def download_links(
+    s3: Any, challenge: Challenge, manifest: dict, link_ttl_s: int = DEFAULT_LINK_TTL_S
+) -> list[dict]:
+    """Each released file with a presigned link valid for ``link_ttl_s`` seconds."""
     return [
-        Notice(
-            key=f"{challenge.id}/release/{event.name}/{team.team_id}",
-            to=team.email,
-            subject=f"[{challenge.title}] {event.title}",
-            body=(
-                f"Dear {team.name},\n\n{event.title}. Download links (valid {days:g} days):\n\n"
-                f"{body_files}\n\nCheck each file against its sha256 before use.\n"
+        {
+            "name": f["key"].rsplit("/", 1)[-1],
+            "size": f["size"],
+            "sha256": f["sha256"],
+            "url": s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": challenge.buckets.public, "Key": f["key"]},
+                ExpiresIn=link_ttl_s,
             ),
-        )
-        for team in teams
+        }
+        for f in manifest["files"]
     ]

@@ -25,7 +25,6 @@ from mai_ops.infra.layout import (
     frozen_key,
 )
 from mai_ops.infra.storage import copy_if_changed, get_json, list_objects, object_exists, put_json
-from mai_ops.notify.ledger import Notice
 
 
 def freeze_final_set(
@@ -90,33 +89,3 @@ def freeze_final_set(
     }
     put_json(s3, buckets.results, FROZEN_MANIFEST, manifest)
     return manifest
-
-
-def receipt_notices(challenge: Challenge, manifest: dict, teams: list[Team]) -> list[Notice]:
-    """A receipt per team: what was frozen (with sha256) and what is missing."""
-    notices = []
-    for team in teams:
-        mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
-        gaps = [m["track"] for m in manifest["missing"] if m["team"] == team.team_id]
-        if (
-            not mine
-            and not gaps
-            and not any(f"/final/{team.team_id}/" in r["key"] for r in manifest["rejected"])
-        ):
-            continue
-        lines = [f"- {f['track']}: {f['source']} sha256 {f['sha256']}" for f in mine]
-        lines += [f"- {track}: NO final submission received" for track in gaps]
-        late = [r for r in manifest["rejected"] if f"/final/{team.team_id}/" in r["key"]]
-        lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
-        notices.append(
-            Notice(
-                key=f"{challenge.id}/final_receipt/{team.team_id}",
-                to=team.email,
-                subject=f"[{challenge.title}] Final submission receipt",
-                body=(
-                    f"Dear {team.name},\n\nThe final submission deadline has passed. "
-                    "Frozen for scoring:\n\n" + "\n".join(lines) + "\n"
-                ),
-            )
-        )
-    return notices

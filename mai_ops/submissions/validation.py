@@ -28,8 +28,7 @@ from mai_ops.infra.layout import (
     upload_record_key,
 )
 from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
-from mai_ops.notify.ledger import Notice
-from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable, runtime_ms
+from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
 
 # A run answers at most this many uploads per track; the next run takes the rest.
 MAX_PER_RUN = 200
@@ -131,70 +130,3 @@ def process_upload(
             evaluate(record, challenge, track, archive, Path(tmp), fidelity_data=data)
     put_json(s3, results, upload_record_key(key, etag), record.as_json())
     return record.as_json()
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f} ms"
-
-
-def runtime_line(rt: dict) -> str:
-    parts = [f"Runtime on {rt['device']}: {_ms(runtime_ms(rt))}"]
-    parts.append(f"(mean {_ms(rt.get('avg_ms'))}, std {_ms(rt.get('std_ms'))}, {rt['count']} runs")
-    if rt.get("init_ms") is not None:
-        parts.append(f"init {_ms(rt['init_ms'])}")
-    if rt.get("peak_rss_mb") is not None:
-        parts.append(f"peak memory {rt['peak_rss_mb']:.0f} MiB")
-    return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + ")"
-
-
-def _model_lines(checks: dict) -> list[str]:
-    """What the model is and what the archive held, as the checks saw it."""
-    lines = []
-    model = checks.get("model") or {}
-    for kind in ("inputs", "outputs"):
-        for i, t in enumerate(model.get(kind) or []):
-            q = t.get("quantization") or {}
-            quant = (
-                f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q.get("scale") else ""
-            )
-            lines.append(f"{kind[:-1]} {i}: {t.get('shape')} {t.get('dtype')}{quant}")
-    if model.get("ops"):
-        lines.append(f"ops: {', '.join(model['ops'])}")
-    if checks.get("converted_from"):
-        lines.append(f"converted for you from: {checks['converted_from']}")
-    if checks.get("files"):
-        lines.append(f"files: {', '.join(checks['files'][:20])}")
-    lines += [f"Note: {w}" for w in checks.get("warnings") or []]
-    return lines
-
-
-def reply_notice(challenge: Challenge, team: Team, record: dict) -> Notice:
-    """The email a team gets for one upload: the verdict, the reasons, the numbers."""
-    lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
-    digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
-    lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
-    status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
-    lines += ["", f"{status[record['status']]}.", ""]
-    for error in record["errors"]:
-        lines.append(f"- [{error['code']}] {error['message']}")
-    lines += _model_lines(record.get("checks") or {})
-    if record.get("runtime"):
-        lines.append(runtime_line(record["runtime"]))
-    for name, value in (record.get("metrics") or {}).items():
-        lines.append(f"{name}: {value:.4f}")
-    if record.get("score") is not None:
-        lines.append(f"Score: {record['score']:.6g}")
-    for note in record.get("notes", []):
-        lines.append(f"Note: {note}")
-    if record["status"] != "ok":
-        lines += ["", "Failed and rejected uploads do not count towards your limits."]
-    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
-    # One email per outcome of one stored version: a re-run with the same outcome
-    # sends nothing, a cleared task that now succeeds tells the team.
-    key = f"{key}/{record['etag']}/{record['status']}"
-    return Notice(
-        key=f"{challenge.id}/upload/{key}",
-        to=team.email,
-        subject=f"[{challenge.title}] {record['track']}: upload {record['status']}",
-        body="\n".join(lines) + "\n",
-    )
