@@ -11,7 +11,6 @@ machine may be busy, and speed claims belong in ``bench/runtime_fidelity.py``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops.devices import litert as benchmark_litert
+from mai_ops.cli import main
 from mai_ops.devices.litert import run_litert
 from mai_ops.devices.litert_child import summarize
 from mai_ops.devices.results import BenchmarkError, BenchmarkResult
@@ -358,10 +357,7 @@ def test_summarize_matches_hand_computed_values():
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mai-ops")
-    benchmark_litert.register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_json(models, capsys):

@@ -6,18 +6,17 @@ profiler's total or a rounded summary instead of the main run fails here, not in
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from mai_ops.cli import main
 from mai_ops.devices.benchmark_log import (
     BenchmarkLog,
     BenchmarkLogError,
     parse_benchmark_log,
-    register_cli,
 )
 from mai_ops.errors import NeedsOrganizer
 
@@ -401,10 +400,7 @@ def test_the_error_is_one_an_organizer_must_fix():
 
 
 def _run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="mai-ops")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["parse-benchmark-log", *argv])
-    return args.func(args)
+    return main(["parse-benchmark-log", *argv])
 
 
 def test_cli_json(capsys):

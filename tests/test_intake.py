@@ -12,7 +12,6 @@ the same track, the depth reference model and a small Keras model for conversion
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import io
 import json
@@ -27,6 +26,7 @@ import pytest
 
 from mai_ops.challenge.config import load_challenge
 from mai_ops.challenge.participants import Team
+from mai_ops.cli import main
 from mai_ops.errors import stage_codes
 from mai_ops.infra.layout import PHASES, BadUploadKey, UploadKey, parse_upload_key
 from mai_ops.submissions.intake import (
@@ -35,7 +35,6 @@ from mai_ops.submissions.intake import (
     Upload,
     check_submission,
     judge_upload,
-    register_cli,
 )
 from tests.conftest import MAI2021, PROJECT
 
@@ -530,10 +529,7 @@ def test_check_submission_conversion_failure_is_readable(tmp_path):
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mai-ops")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_passes_a_good_submission(models, tmp_path, capsys):

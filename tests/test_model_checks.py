@@ -8,7 +8,6 @@ track, both converted from Keras by ``mai_ops.models.conversion``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import signal
@@ -18,15 +17,14 @@ import sys
 import pytest
 
 from mai_ops.challenge.config import load_challenge
+from mai_ops.cli import main
+from mai_ops.cli.models import format_report, parse_shape
 from mai_ops.errors import stage_codes
 from mai_ops.infra import child
 from mai_ops.infra.child import ChildLimits
 from mai_ops.models.checks import (
     ModelSpec,
     check_model,
-    format_report,
-    parse_shape,
-    register_cli,
 )
 from mai_ops.models.checks_child import gpu_warnings
 from mai_ops.models.conversion import ConversionError, convert_model, representative_dataset
@@ -375,10 +373,7 @@ def test_representative_dataset_from_arrays():
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mai-ops")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["check-model", *argv])
-    return args.func(args)
+    return main(["check-model", *argv])
 
 
 def test_cli_passes_a_good_model(models, capsys):

@@ -440,6 +440,23 @@ def challenge_files(directory: str | Path | None = None) -> list[Path]:
     return sorted(p for p in directory.glob("*.y*ml") if p.suffix in {".yaml", ".yml"})
 
 
+def find_challenge_file(challenge_id: str) -> Path:
+    """The file defining ``challenge_id`` among the shipped challenges; LookupError if none."""
+    for path in challenge_files():
+        if path.stem == challenge_id:
+            return path
+    for path in challenge_files():
+        try:
+            if load_challenge(path).id == challenge_id:
+                return path
+        except ChallengeConfigError:
+            continue
+    known = ", ".join(p.stem for p in challenge_files()) or "none"
+    raise LookupError(
+        f"no challenge {challenge_id!r} in {default_challenges_dir()} (known: {known})"
+    )
+
+
 def validate_files(paths: list[Path]) -> list[Problem]:
     """Every finding across ``paths``, including a challenge id used by two files."""
     problems: list[Problem] = []

@@ -1,134 +1,25 @@
 """The ``mai-ops`` command: what organizers run by hand, outside Airflow.
 
 Exit codes: 0 success, 1 the input was checked and found wrong, 2 usage errors.
+One module per command group adds its subcommands; the library modules they call
+hold no argparse and print nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from mai_ops.challenge.config import (
-    ChallengeConfigError,
-    challenge_files,
-    default_challenges_dir,
-    load_challenge,
-    validate_files,
-)
-from mai_ops.challenge.timeline import timeline_rows
+from mai_ops.cli import challenge, dev, devices, models, submissions
 
-
-def _validate(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths] or challenge_files()
-    if not paths:
-        print(f"no challenge files in {default_challenges_dir()}", file=sys.stderr)
-        return 1
-    problems = validate_files(paths)
-    for problem in problems:
-        print(problem, file=sys.stderr if problem.severity == "error" else sys.stdout)
-    errors = sum(p.severity == "error" for p in problems)
-    warnings = len(problems) - errors
-    bad_files = {p.file for p in problems if p.severity == "error"}
-    print(
-        f"{len(paths) - len(bad_files)} of {len(paths)} file(s) valid, "
-        f"{errors} error(s), {warnings} warning(s)"
-    )
-    return 1 if errors else 0
-
-
-def find_challenge_file(challenge_id: str) -> Path:
-    """The file defining ``challenge_id`` among the shipped challenges."""
-    for path in challenge_files():
-        if path.stem == challenge_id:
-            return path
-    for path in challenge_files():
-        try:
-            if load_challenge(path).id == challenge_id:
-                return path
-        except ChallengeConfigError:
-            continue
-    known = ", ".join(p.stem for p in challenge_files()) or "none"
-    raise LookupError(
-        f"no challenge {challenge_id!r} in {default_challenges_dir()} (known: {known})"
-    )
-
-
-def _timeline(args: argparse.Namespace) -> int:
-    try:
-        path = Path(args.file) if args.file else find_challenge_file(args.challenge)
-        challenge = load_challenge(path)
-    except LookupError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    except ChallengeConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    rows = timeline_rows(challenge)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{challenge.title} ({challenge.id}), times in {challenge.timezone}")
-    width = max(len(r["name"]) for r in rows)
-    locals_ = [r["local"] or f"{r['date']} (not fixed, nothing scheduled)" for r in rows]
-    lwidth = max(len(x) for x in locals_)
-    for row, local in zip(rows, locals_, strict=True):
-        utc = row["utc"] or "-"
-        print(f"  {row['name']:<{width}}  {local:<{lwidth}}  {utc:<20}  {row['dag_id'] or '-'}")
-        for reminder in row["reminders"]:
-            label = f"reminder {reminder['days_before']}d before"
-            when, dag = reminder["utc"], reminder["dag_id"]
-            print(f"  {'':<{width}}  {label:<{lwidth}}  {when:<20}  {dag}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from mai_ops.dev.demo import run_timeline
-
-    return run_timeline(args.challenge, Path(args.workdir) if args.workdir else None)
-
-
-def _device_pools(args: argparse.Namespace) -> int:
-    from mai_ops.devices.pools import pools_json, valid_challenges
-
-    paths = [Path(p) for p in args.paths] or challenge_files()
-    print(pools_json(valid_challenges(paths)))
-    return 0
+GROUPS = (challenge, dev, devices, models, submissions)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mai-ops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("validate", help="check challenge files (default: every shipped one)")
-    p.add_argument("paths", nargs="*", help="challenge YAML files")
-    p.set_defaults(func=_validate)
-
-    p = sub.add_parser("timeline", help="every event with its local time, UTC instant and DAG")
-    p.add_argument("challenge", help="challenge id, e.g. mai2021")
-    p.add_argument("--file", help="read this file instead of looking the id up")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=_timeline)
-
-    p = sub.add_parser("demo", help="run a whole challenge timeline on the embedded stack")
-    p.add_argument("challenge", nargs="?", default="mai2021")
-    p.add_argument("--workdir", help="where the Airflow home and the outbox go (default var/demo)")
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser("device-pools", help="the device pools as JSON, for `airflow pools import`")
-    p.add_argument("paths", nargs="*", help="challenge YAML files (default: every shipped one)")
-    p.set_defaults(func=_device_pools)
-
-    from mai_ops.devices import benchmark_log
-    from mai_ops.devices import litert as benchmark_litert
-    from mai_ops.models import checks as model_checks
-    from mai_ops.submissions import intake
-
-    benchmark_litert.register_cli(sub)
-    benchmark_log.register_cli(sub)
-    model_checks.register_cli(sub)
-    intake.register_cli(sub)
+    for group in GROUPS:
+        group.register(sub)
     return parser
 
 

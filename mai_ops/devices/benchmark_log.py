@@ -33,13 +33,9 @@ Which numbers are taken:
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from mai_ops.errors import NeedsOrganizer
@@ -622,69 +618,3 @@ def parse_benchmark_log(text: str) -> BenchmarkLog:
     for raw in text.splitlines():
         scan.feed(raw)
     return scan.result()
-
-
-# --- command line ------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ms"
-
-
-def format_summary(log: BenchmarkLog) -> str:
-    """A few lines an organizer can read at a glance."""
-    median = "" if log.median_ms is None else f", median {_ms(log.median_ms)}"
-    if log.delegate is None:
-        delegate = "none (CPU)"
-    elif log.fully_delegated is None:
-        delegate = f"{log.delegate} (coverage not reported)"
-    elif log.fully_delegated:
-        delegate = f"{log.delegate}, whole graph"
-    elif log.delegate_kernels == 0:
-        delegate = f"{log.delegate} applied but not used: the graph ran on the CPU"
-    else:
-        delegate = f"{log.delegate}, part of the graph ({log.delegate_kernels} delegate kernels)"
-    memory = "-" if log.peak_memory_mb is None else f"{log.peak_memory_mb:.3f} MB"
-    lines = [
-        f"inference    {_ms(log.avg_ms)} avg over {log.count} runs "
-        f"(std {_ms(log.std_ms)}, min {_ms(log.min_ms)}, max {_ms(log.max_ms)}{median})",
-        f"init         {_ms(log.init_ms)}",
-        f"first run    {_ms(log.first_ms)}",
-        f"warm-up avg  {_ms(log.warmup_avg_ms)}",
-        f"delegate     {delegate}",
-        f"peak memory  {memory}",
-    ]
-    for i, op in enumerate(log.ops[:5]):
-        label = "ops" if i == 0 else ""
-        lines.append(
-            f"{label:<12} {op['node_type']}: {op['avg_ms']:.3f} ms ({op['percent']:.2f}%), "
-            f"{op['count']} node(s)"
-        )
-    return "\n".join(lines)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    try:
-        data = Path(args.file).read_bytes()
-    except OSError as exc:
-        print(f"cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    try:
-        log = parse_benchmark_log(data.decode("utf-8", errors="replace"))
-    except BenchmarkLogError as exc:
-        print(f"{args.file}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(log.as_json(), indent=2) if args.json else format_summary(log))
-    return 0
-
-
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``parse-benchmark-log FILE [--json]``; exit 0 parsed, 1 unparseable, 2 unreadable."""
-    p = subparsers.add_parser(
-        "parse-benchmark-log",
-        help="runtime, delegate, memory and op summary from a benchmark_model log",
-    )
-    p.add_argument("file", metavar="FILE", help="saved output of benchmark_model (TFLite/LiteRT)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cli)
-    return p

@@ -43,9 +43,6 @@ child itself with ``setrlimit`` before it imports numpy or LiteRT
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -193,91 +190,3 @@ def _result(steps: dict[str, dict[str, Any]], *, device: str, threads: int) -> B
         input_shapes=loaded.get("input_shapes") or [],
         base_rss_mb=steps.get("ready", {}).get("base_rss_mb"),
     )
-
-
-# ---------------------------------------------------------------------------------------
-# The command line: ``mai-ops benchmark MODEL``.
-# ---------------------------------------------------------------------------------------
-
-
-def register_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``benchmark MODEL``; exit 0 measured, 1 the benchmark failed, 2 usage errors."""
-    p = subparsers.add_parser(
-        "benchmark",
-        help="time a .tflite model with LiteRT on this machine's CPU (the litert backend)",
-        description=(
-            "Time a .tflite model with LiteRT on this machine's CPU, in a child process "
-            "with memory and time limits, the way TFLite's benchmark_model does."
-        ),
-    )
-    p.add_argument("model", metavar="MODEL", help=".tflite model file")
-    p.add_argument(
-        "--device",
-        default="litert",
-        help="a device declared in a challenge file (its backend and settings are used), "
-        "or any other name for the local LiteRT CPU (default litert)",
-    )
-    p.add_argument("--threads", type=int, help="CPU threads (default: the device's, else 4)")
-    p.add_argument("--runs", type=int, help="minimum timed runs (default: the device's, else 50)")
-    p.add_argument("--warmup", type=int, help="warm-up runs (default: the device's, else 5)")
-    p.add_argument("--min-seconds", type=float, help="minimum time of the timed runs (1.0)")
-    p.add_argument("--timeout", type=int, help="kill after this many seconds (600)")
-    p.add_argument("--memory-mb", type=int, help="address-space limit in MiB (4096)")
-    p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cli)
-    return p
-
-
-def _resolve_device(args: argparse.Namespace):
-    """The declared device named ``--device`` (else a local one), with the CLI overrides."""
-    from mai_ops.challenge.config import Device, challenge_files
-    from mai_ops.devices.pools import valid_challenges
-
-    device = None
-    for challenge in valid_challenges(challenge_files()):
-        for declared in challenge.devices:
-            if declared.name == args.device:
-                device = declared
-    if device is None:
-        device = Device(name=args.device, backend="litert")
-    overrides = {
-        "threads": args.threads,
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "min_seconds": args.min_seconds,
-        "timeout_s": args.timeout,
-        "memory_mb": args.memory_mb,
-    }
-    return device.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-
-
-def _cli(args: argparse.Namespace) -> int:
-    from mai_ops.devices.benchmark import run_benchmark
-
-    if not Path(args.model).is_file():
-        print(f"no model file at {args.model!r}", file=sys.stderr)
-        return 2
-    try:
-        device = _resolve_device(args)
-        result = run_benchmark(args.model, device)
-    except BenchmarkError as exc:
-        print(f"{exc.code}: {exc.message}", file=sys.stderr)
-        return 2 if exc.code == "benchmark_bad_request" else 1
-    if args.json:
-        print(json.dumps(result.as_json(), indent=2))
-        return 0
-    delegation = result.delegate or "none"
-    if result.fully_delegated is False:
-        delegation += f" (partial, on the CPU: {', '.join(result.cpu_ops)})"
-    print(f"{args.model} on {result.device} ({result.backend}, {result.threads} threads)")
-    print(f"  init           {result.init_ms:10.3f} ms")
-    print(f"  first run      {result.first_ms:10.3f} ms")
-    if result.warmup_avg_ms is not None:
-        print(f"  warm-up (avg)  {result.warmup_avg_ms:10.3f} ms")
-    print(f"  median         {result.median_ms:10.3f} ms   ({result.count} runs)")
-    print(f"  mean ± std     {result.avg_ms:10.3f} ± {result.std_ms:.3f} ms")
-    print(f"  p90            {result.p90_ms:10.3f} ms")
-    print(f"  min / max      {result.min_ms:10.3f} / {result.max_ms:.3f} ms")
-    print(f"  peak RSS       {result.peak_rss_mb:10.1f} MiB")
-    print(f"  delegate       {delegation}")
-    return 0
