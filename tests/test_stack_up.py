@@ -26,6 +26,8 @@ import yaml
 from mai_ops.dev.embedded import free_port, s3_client, sqs_client
 from mai_ops.dev.stack import spawn
 
+from .conftest import rest_api
+
 PROJECT = Path(__file__).resolve().parent.parent
 PHASES = (
     "release_data",
@@ -180,27 +182,29 @@ def test_an_upload_is_answered_by_email_through_the_queue(stack):
     mai2021's validation phase closed in 2021, so the answer is a rejection naming
     the deadline: the whole event path runs, and the storage server's clock decides.
     """
+    wait_for_health(stack)
+    msg = upload_and_read_reply(stack, "mai2021-submissions", UPLOAD_KEY, "mai2021")
+    body = msg.get_body().get_content()
+    assert msg["To"] == "borealis@teams.example"
+    assert "REJECTED" in body and "[late]" in body, body
+
+
+def upload_and_read_reply(stack, bucket: str, key: str, challenge_id: str):
+    """Upload an archive whose model is not a model; return the reply to it."""
     import io
     import zipfile
 
-    wait_for_health(stack)
-    key = UPLOAD_KEY
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("model.tflite", b"not checked: rejected before")
-    s3_client(stack.s3_endpoint).put_object(
-        Bucket="mai2021-submissions", Key=key, Body=archive.getvalue()
-    )
+        zf.writestr("model.tflite", b"not a flatbuffer")
+    s3_client(stack.s3_endpoint).put_object(Bucket=bucket, Key=key, Body=archive.getvalue())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         for msg in outbox(stack):
-            if f"/upload/{key}/" in msg["X-MAI-Notice"]:
-                body = msg.get_body().get_content()
-                assert msg["To"] == "borealis@teams.example"
-                assert "REJECTED" in body and "[late]" in body, body
-                return
+            if msg["X-MAI-Notice"].startswith(f"{challenge_id}/upload/{key}/"):
+                return msg
         time.sleep(1)
-    stack.fail("no reply email for the upload within 240 s")
+    stack.fail(f"no reply email for {bucket}/{key} within 240 s")
 
 
 def outbox(stack) -> list:
@@ -218,14 +222,7 @@ def assert_nothing_sent_twice(stack) -> int:
 
 
 def api(stack, method: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{stack.port}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=15) as resp:
-        return json.load(resp)
+    return rest_api(stack.port, method, path, body)
 
 
 ANNOUNCE = {"event": "validation_server_online"}
@@ -259,26 +256,11 @@ def run_to_the_end(stack, dag_id: str, conf: dict) -> dict:
 
 def test_the_rehearsal_copy_is_open_now(stack):
     """The rehearsal's validation server answers on its merits, not with [late]."""
-    import io
-    import zipfile
-
     wait_for_health(stack)
     key = "depth/validation/borealis/rehearsal.zip"
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("model.tflite", b"not a flatbuffer")
-    s3_client(stack.s3_endpoint).put_object(
-        Bucket="mai2021-submissions-rehearsal", Key=key, Body=archive.getvalue()
-    )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        for msg in outbox(stack):
-            if f"mai2021_rehearsal/upload/{key}/" in msg["X-MAI-Notice"]:
-                body = msg.get_body().get_content()
-                assert "REJECTED" in body and "[late]" not in body, body
-                return
-        time.sleep(1)
-    stack.fail("no reply email for the rehearsal upload within 240 s")
+    msg = upload_and_read_reply(stack, "mai2021-submissions-rehearsal", key, "mai2021_rehearsal")
+    body = msg.get_body().get_content()
+    assert "FAILED the checks" in body and "[late]" not in body, body
 
 
 DROPPED = {
