@@ -274,7 +274,7 @@ def main() -> int:
         home = root / "airflow"
         stack = spawn(port, s3_port, home, root / "stack.log", env)
         try:
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 900  # a busy machine takes minutes
             while not api_ready(port):
                 if stack.poll() is not None or time.monotonic() > deadline:
                     print((root / "stack.log").read_text()[-3000:])

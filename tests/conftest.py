@@ -33,7 +33,9 @@ os.environ.update(
 )
 
 
-def rest_api(port: int, method: str, path: str, body: dict | None = None) -> dict:
+def rest_api(
+    port: int, method: str, path: str, body: dict | None = None, timeout: float = 15
+) -> dict:
     """One call to a running stack's REST API, without credentials (the stack needs none)."""
     import json
     import urllib.request
@@ -44,7 +46,7 @@ def rest_api(port: int, method: str, path: str, body: dict | None = None) -> dic
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(req, timeout=15) as resp:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.load(resp)
 
 

@@ -98,6 +98,12 @@ def test_a_rehearsal_copy_is_a_challenge_of_its_own_open_now(tmp_path):
     assert rehearsal.uploads_queue == "mai2021-uploads-rehearsal"
     assert rehearsal.event("final_deadline").date.as_date() == today + dt.timedelta(days=1)
     assert real.event("final_deadline").date.as_date() == dt.date(2021, 3, 20)
+    # A date written as quoted text moves too.
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text(MAI2021.read_text().replace("date: 2021-03-20\n", "date: '2021-03-20'\n"))
+    assert "'2021-03-20'" in quoted.read_text()
+    moved = load_challenge(rehearsal_copy(quoted, tmp_path / "q", today=today, suffix="rehearsal"))
+    assert moved.event("final_deadline").date.as_date() == today + dt.timedelta(days=1)
     # No dated final deadline, no rehearsal.
     with pytest.raises(ValueError, match="final_deadline"):
         rehearsal_copy(CHALLENGES / "mai2023.yaml", tmp_path, today=today, suffix="rehearsal")

@@ -8,6 +8,7 @@ nothing is sent twice. The waits are readiness bounds, not speed checks.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -222,7 +223,8 @@ def assert_nothing_sent_twice(stack) -> int:
 
 
 def api(stack, method: str, path: str, body: dict | None = None) -> dict:
-    return rest_api(stack.port, method, path, body)
+    # A busy api-server may take its time; a POST is not repeated, so it gets more.
+    return rest_api(stack.port, method, path, body, timeout=120 if body is not None else 15)
 
 
 ANNOUNCE = {"event": "validation_server_online"}
@@ -247,7 +249,10 @@ def run_to_the_end(stack, dag_id: str, conf: dict) -> dict:
     path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
-        run = api(stack, "GET", path)
+        try:
+            run = api(stack, "GET", path)
+        except OSError:  # busy: ask again
+            continue
         if run["state"] in ("success", "failed"):
             return run
         time.sleep(1)
@@ -275,7 +280,7 @@ DROPPED = {
     },
     "uploads_queue": "dropin-uploads",
     "timeline": [
-        {"name": "final_deadline", "title": "Final", "date": "2031-03-20"},
+        {"name": "final_deadline", "title": "Final", "date": dt.date(2031, 3, 20)},
     ],
 }
 

@@ -136,14 +136,15 @@ def rehearsal_copy(
     tz = ZoneInfo(raw.get("timezone", "America/Los_Angeles"))
     today = today or dt.datetime.now(tz).date()
     deadline = next(
-        (e["date"] for e in raw.get("timeline") or [] if e.get("name") == "final_deadline"), None
+        (_fixed(e["date"]) for e in raw.get("timeline") or [] if e.get("name") == "final_deadline"),
+        None,
     )
-    if not isinstance(deadline, dt.date):
+    if deadline is None:
         raise ValueError(f"{source.name}: no fixed final_deadline date to rehearse against")
     shift = today + dt.timedelta(days=1) - deadline
     for event in raw["timeline"]:
-        if isinstance(event["date"], dt.date):
-            event["date"] = (event["date"] + shift).isoformat()
+        if (date := _fixed(event["date"])) is not None:
+            event["date"] = (date + shift).isoformat()
     participants = raw.get("participants")
     if participants and participants.get("source") == "file":
         participants["path"] = str((source.parent / participants["path"]).resolve())
@@ -159,6 +160,16 @@ def rehearsal_copy(
     target = target_dir / name
     target.write_text(yaml.safe_dump(raw, sort_keys=False))
     return target
+
+
+def _fixed(value) -> dt.date | None:
+    """A date written in full (YAML date or quoted ISO text); None while not fixed."""
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def stage_validation_uploads(s3, challenge: Challenge) -> None:
