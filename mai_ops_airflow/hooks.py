@@ -20,7 +20,9 @@ SMTP_CONN_ID = "smtp_default"
 def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return S3Hook(aws_conn_id=conn_id).get_conn()
+    from mai_ops.infra.storage import missing_bucket_fails_fast
+
+    return missing_bucket_fails_fast(S3Hook(aws_conn_id=conn_id).get_conn())
 
 
 def smtp_sender(conn_id: str = SMTP_CONN_ID) -> Callable[[Notice], None]:

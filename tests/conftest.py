@@ -33,6 +33,23 @@ os.environ.update(
 )
 
 
+def rest_api(
+    port: int, method: str, path: str, body: dict | None = None, timeout: float = 15
+) -> dict:
+    """One call to a running stack's REST API, without credentials (the stack needs none)."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.load(resp)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     from mai_ops.dev.embedded import LocalS3

@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 import zipfile
 
 import pytest
@@ -31,6 +30,7 @@ from mai_ops.dev.stack import spawn
 from mai_ops.devices.pools import device_pools, pool_name
 
 from .conftest import PROJECT
+from .conftest import rest_api as _api
 
 RUN_TIMEOUT = 420.0
 
@@ -71,17 +71,6 @@ CHALLENGE = {
         for track_id, device in (("on_a", "phone_a"), ("on_b", "phone_b"))
     ],
 }
-
-
-def _api(port: int, method: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=15) as resp:
-        return json.load(resp)
 
 
 def _wait(predicate, what: str, timeout: float, log):

@@ -427,17 +427,26 @@ def _when(ch: Challenge, event: Event) -> dt.datetime:
     return dt.datetime.combine(event.date.as_date(), time, tzinfo=zone(ch.timezone))
 
 
-def default_challenges_dir() -> Path:
-    """The folder of challenge files: ``MAI_OPS_CHALLENGES_DIR`` or the project's include/."""
+def challenges_dirs() -> list[Path]:
+    """The folders of challenge files: ``MAI_OPS_CHALLENGES_DIR`` or the project's include/.
+
+    The variable may list several folders, separated like ``PATH`` (the local stack
+    serves its rehearsal copies next to the real files this way).
+    """
     env = os.environ.get("MAI_OPS_CHALLENGES_DIR")
     if env:
-        return Path(env)
-    return PROJECT_ROOT / "include" / "challenges"
+        return [Path(d) for d in env.split(os.pathsep) if d]
+    return [PROJECT_ROOT / "include" / "challenges"]
+
+
+def default_challenges_dir() -> Path:
+    """The first folder of challenge files (where organizers keep the real ones)."""
+    return challenges_dirs()[0]
 
 
 def challenge_files(directory: str | Path | None = None) -> list[Path]:
-    directory = Path(directory) if directory else default_challenges_dir()
-    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in {".yaml", ".yml"})
+    folders = [Path(directory)] if directory else challenges_dirs()
+    return [p for d in folders for p in sorted(d.glob("*.y*ml")) if p.suffix in {".yaml", ".yml"}]
 
 
 def find_challenge_file(challenge_id: str) -> Path:

@@ -120,31 +120,57 @@ def schedule_of(challenge: Challenge) -> list[tuple[dt.datetime | None, str]]:
     return out
 
 
-def rehearsal_copy(source: Path, target_dir: Path, today: dt.date | None = None) -> Path:
+def rehearsal_copy(
+    source: Path, target_dir: Path, today: dt.date | None = None, suffix: str | None = None
+) -> Path:
     """The challenge with every fixed date moved by whole days, final deadline tomorrow.
 
     Uploads made now are judged by the storage server's clock against the deadline:
     on the 2021 dates every one of them would be late. Moving the whole timeline
-    keeps its order, its spacing and its 5 pm local times.
+    keeps its order, its spacing and its 5 pm local times. With ``suffix`` the copy
+    is a challenge of its own (id, buckets and queue renamed), so it can run next to
+    the real file. A file without a dated ``final_deadline`` raises ValueError.
     """
     import yaml
 
     raw = yaml.safe_load(source.read_text())
     tz = ZoneInfo(raw.get("timezone", "America/Los_Angeles"))
     today = today or dt.datetime.now(tz).date()
-    deadline = next(e for e in raw["timeline"] if e["name"] == "final_deadline")["date"]
+    deadline = next(
+        (_fixed(e["date"]) for e in raw.get("timeline") or [] if e.get("name") == "final_deadline"),
+        None,
+    )
+    if deadline is None:
+        raise ValueError(f"{source.name}: no fixed final_deadline date to rehearse against")
     shift = today + dt.timedelta(days=1) - deadline
     for event in raw["timeline"]:
-        if isinstance(event["date"], dt.date):
-            event["date"] = (event["date"] + shift).isoformat()
+        if (date := _fixed(event["date"])) is not None:
+            event["date"] = (date + shift).isoformat()
     participants = raw.get("participants")
     if participants and participants.get("source") == "file":
         participants["path"] = str((source.parent / participants["path"]).resolve())
     raw["title"] = f"{raw['title']} (rehearsal, dates moved by {shift.days} days)"
+    name = source.name
+    if suffix:
+        raw["id"] = f"{raw['id']}_{suffix}"
+        raw["buckets"] = {k: f"{v}-{suffix}" for k, v in (raw.get("buckets") or {}).items()}
+        if raw.get("uploads_queue"):
+            raw["uploads_queue"] = f"{raw['uploads_queue']}-{suffix}"
+        name = f"{source.stem}_{suffix}{source.suffix}"
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / source.name
+    target = target_dir / name
     target.write_text(yaml.safe_dump(raw, sort_keys=False))
     return target
+
+
+def _fixed(value) -> dt.date | None:
+    """A date written in full (YAML date or quoted ISO text); None while not fixed."""
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        return None
 
 
 def stage_validation_uploads(s3, challenge: Challenge) -> None:

@@ -10,8 +10,11 @@ variables built by :func:`connection_env`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import os
+import pickle
 import socket
 import threading
 from collections.abc import Iterable
@@ -35,10 +38,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @dataclass
 class LocalS3:
-    """moto's S3 server in a thread, speaking real HTTP on loopback."""
+    """moto's S3 server (with its SQS) in a thread, speaking real HTTP on loopback.
+
+    moto keeps everything in memory. With ``state_file`` the buckets, objects (with
+    their timestamps), notification settings and queues are loaded from it at start
+    and written to it by :meth:`save` and at stop, so a restarted stack finds every
+    upload and every sent-email marker where the Airflow database expects them.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
+    state_file: Path | None = None
     _server: Any = field(default=None, repr=False)
 
     @property
@@ -50,18 +60,89 @@ class LocalS3:
 
         # One access-log line per request would drown the task logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        if self.state_file is not None and self.state_file.exists():
+            try:
+                _restore_moto_state(pickle.loads(self.state_file.read_bytes()))
+            except Exception as exc:  # e.g. written by another moto version
+                raise RuntimeError(
+                    f"cannot load the S3 state {self.state_file} ({exc!r}); remove it together "
+                    "with the Airflow database and the outbox (`make clean`) to start afresh"
+                ) from exc
         self.port = self.port or free_port(self.host)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         return self
 
+    def save(self) -> bool:
+        """Write the state file (atomically); False when a request changed it meanwhile."""
+        if self.state_file is None:
+            return False
+        try:
+            blob = _dump_moto_state()
+        except RuntimeError:  # a dict changed size under a concurrent request: next time
+            return False
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.state_file.with_name(self.state_file.name + ".partial")
+        partial.write_bytes(blob)
+        os.replace(partial, self.state_file)
+        return True
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
+            # No request can arrive any more: this snapshot is complete.
+            if self.state_file is not None and not self.save():
+                raise RuntimeError(f"could not write {self.state_file}")
 
     def client(self) -> Any:
         return s3_client(self.endpoint_url)
+
+
+# The moto services the stack uses: S3 and the queue its notifications go to.
+_PERSISTED_SERVICES = ("s3", "sqs")
+
+
+def _moto_backends() -> dict[str, Any]:
+    from moto.s3.models import s3_backends
+    from moto.sqs.models import sqs_backends
+
+    return {"s3": s3_backends, "sqs": sqs_backends}
+
+
+class _LockFreePickler(pickle.Pickler):
+    """moto's models hold locks and conditions; a restored model gets fresh ones."""
+
+    _FRESH = {
+        type(threading.Lock()): threading.Lock,
+        type(threading.RLock()): threading.RLock,
+        threading.Condition: threading.Condition,
+    }
+
+    def reducer_override(self, obj):
+        fresh = self._FRESH.get(type(obj))
+        return (fresh, ()) if fresh is not None else NotImplemented
+
+
+def _dump_moto_state() -> bytes:
+    state = {
+        service: {
+            account: {region: dict(vars(backend)) for region, backend in regions.items()}
+            for account, regions in backends.items()
+        }
+        for service, backends in _moto_backends().items()
+    }
+    buffer = io.BytesIO()
+    _LockFreePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(state)
+    return buffer.getvalue()
+
+
+def _restore_moto_state(state: dict) -> None:
+    backends = _moto_backends()
+    for service in _PERSISTED_SERVICES:
+        for account, regions in state.get(service, {}).items():
+            for region, attributes in regions.items():
+                vars(backends[service][account][region]).update(attributes)
 
 
 def s3_client(endpoint_url: str) -> Any:

@@ -15,6 +15,30 @@ from typing import Any
 CHUNK = 1024 * 1024
 
 
+def missing_bucket_fails_fast(s3: Any) -> Any:
+    """Make ``s3`` raise NeedsOrganizer when a bucket does not exist; returns ``s3``.
+
+    No retry creates a bucket: the name in the challenge file is wrong or the bucket
+    was never made, so the task fails at once saying which one.
+    """
+
+    def raise_for_missing_bucket(parsed=None, **_):
+        error = (parsed or {}).get("Error") or {}
+        if error.get("Code") == "NoSuchBucket":
+            from mai_ops.errors import NeedsOrganizer
+
+            bucket = error.get("BucketName") or "named in the challenge file"
+            raise NeedsOrganizer(
+                f"bucket {bucket} does not exist: create it, or correct `buckets` in the "
+                "challenge file"
+            )
+
+    s3.meta.events.register(
+        "after-call.s3", raise_for_missing_bucket, unique_id="mai-ops-missing-bucket"
+    )
+    return s3
+
+
 def list_objects(s3: Any, bucket: str, prefix: str = "") -> Iterator[dict]:
     """Every object under ``prefix`` (all pages), as the ListObjectsV2 entries."""
     paginator = s3.get_paginator("list_objects_v2")

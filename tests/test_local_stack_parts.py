@@ -1,0 +1,145 @@
+"""The parts of ``make up`` that need no Airflow: S3 state across restarts, a missing
+bucket, the rehearsal copy, the challenge folders, and the generated airflow.cfg."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from mai_ops.challenge.config import challenge_files, load_challenge
+from mai_ops.dev.demo import rehearsal_copy
+from mai_ops.dev.embedded import ensure_buckets
+from mai_ops.dev.stack import write_airflow_cfg
+from mai_ops.errors import NeedsOrganizer
+from mai_ops.infra.storage import list_objects, missing_bucket_fails_fast
+
+from .conftest import CHALLENGES, MAI2021
+
+# Each run is a process of its own, as each start of the stack is: moto's state lives
+# in the process, so a restart within one process would prove nothing.
+_FIRST_RUN = """
+import json, sys
+from pathlib import Path
+from mai_ops.dev.embedded import LocalS3, ensure_buckets, ensure_upload_notifications
+from mai_ops.infra.storage import put_json
+server = LocalS3(state_file=Path(sys.argv[1])).start()
+s3 = server.client()
+ensure_buckets(s3, ["keep-submissions", "keep-results"])
+ensure_upload_notifications(server.endpoint_url, "keep-submissions", "keep-uploads")
+s3.put_object(Bucket="keep-submissions", Key="t/validation/a/v1.zip", Body=b"x" * 4096)
+put_json(s3, "keep-results", "notifications/sent/k.json", {"to": "a@teams.example"})
+head = s3.head_object(Bucket="keep-submissions", Key="t/validation/a/v1.zip")
+server.stop()
+print(json.dumps({"modified": head["LastModified"].isoformat(), "etag": head["ETag"]}))
+"""
+_SECOND_RUN = """
+import json, sys
+from pathlib import Path
+from mai_ops.dev.embedded import LocalS3, sqs_client
+from mai_ops.infra.storage import get_json
+server = LocalS3(state_file=Path(sys.argv[1])).start()
+s3, sqs = server.client(), sqs_client(server.endpoint_url)
+head = s3.head_object(Bucket="keep-submissions", Key="t/validation/a/v1.zip")
+url = sqs.get_queue_url(QueueName="keep-uploads")["QueueUrl"]
+s3.put_object(Bucket="keep-submissions", Key="t/validation/a/v2.zip", Body=b"y")
+messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+print(json.dumps({
+    "modified": head["LastModified"].isoformat(),
+    "etag": head["ETag"],
+    "marker": get_json(s3, "keep-results", "notifications/sent/k.json"),
+    "notified": any("v2.zip" in m["Body"] for m in messages),
+}))
+server.stop()
+"""
+
+
+def _run(code: str, state) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(state)], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_restarted_s3_server_keeps_objects_timestamps_notifications_and_queues(tmp_path):
+    state = tmp_path / "s3-state.pickle"
+    first = _run(_FIRST_RUN, state)
+    assert state.exists()
+    second = _run(_SECOND_RUN, state)
+    # The upload keeps its time: lateness is judged on it.
+    assert (second["modified"], second["etag"]) == (first["modified"], first["etag"])
+    assert second["marker"] == {"to": "a@teams.example"}  # a sent email stays sent
+    assert second["notified"], "the restored bucket no longer notifies its queue"
+
+
+def test_a_missing_bucket_needs_an_organizer_at_once(s3_server):
+    s3 = missing_bucket_fails_fast(s3_server.client())
+    with pytest.raises(NeedsOrganizer, match="no-such-bucket-here does not exist"):
+        list(list_objects(s3, "no-such-bucket-here"))
+    with pytest.raises(NeedsOrganizer, match="no-such-bucket-here"):
+        s3.put_object(Bucket="no-such-bucket-here", Key="k", Body=b"")
+    # Other errors stay what they were.
+    ensure_buckets(s3, ["present-bucket"])
+    with pytest.raises(s3.exceptions.NoSuchKey):
+        s3.get_object(Bucket="present-bucket", Key="absent")
+
+
+def test_a_rehearsal_copy_is_a_challenge_of_its_own_open_now(tmp_path):
+    today = dt.date(2030, 6, 1)
+    copy = rehearsal_copy(MAI2021, tmp_path, today=today, suffix="rehearsal")
+    assert copy.name == "mai2021_rehearsal.yaml"
+    real, rehearsal = load_challenge(MAI2021), load_challenge(copy)
+    assert rehearsal.id == "mai2021_rehearsal"
+    assert rehearsal.buckets.submissions == "mai2021-submissions-rehearsal"
+    assert rehearsal.uploads_queue == "mai2021-uploads-rehearsal"
+    assert rehearsal.event("final_deadline").date.as_date() == today + dt.timedelta(days=1)
+    assert real.event("final_deadline").date.as_date() == dt.date(2021, 3, 20)
+    # A date written as quoted text moves too.
+    quoted = tmp_path / "quoted.yaml"
+    quoted.write_text(MAI2021.read_text().replace("date: 2021-03-20\n", "date: '2021-03-20'\n"))
+    assert "'2021-03-20'" in quoted.read_text()
+    moved = load_challenge(rehearsal_copy(quoted, tmp_path / "q", today=today, suffix="rehearsal"))
+    assert moved.event("final_deadline").date.as_date() == today + dt.timedelta(days=1)
+    # No dated final deadline, no rehearsal.
+    with pytest.raises(ValueError, match="final_deadline"):
+        rehearsal_copy(CHALLENGES / "mai2023.yaml", tmp_path, today=today, suffix="rehearsal")
+
+
+def test_the_challenge_folders_may_be_several(tmp_path, monkeypatch):
+    copy = rehearsal_copy(MAI2021, tmp_path / "rehearsal", suffix="rehearsal")
+    monkeypatch.setenv("MAI_OPS_CHALLENGES_DIR", f"{CHALLENGES}:{copy.parent}")
+    names = [p.name for p in challenge_files()]
+    assert names == ["mai2021.yaml", "mai2023.yaml", "mai2021_rehearsal.yaml"]
+
+
+def test_airflow_cfg_says_what_the_environment_says(tmp_path):
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text(
+        "[core]\n# a comment Airflow wrote\nexecutor = SequentialExecutor\n"
+        "simple_auth_manager_all_admins = False\n\n[api_auth]\njwt_secret = keep-me\n"
+    )
+    write_airflow_cfg(
+        cfg,
+        {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__DEFAULT_TIMEZONE": "America/Los_Angeles",
+            "AIRFLOW__API__PORT": "8080",
+            "AIRFLOW_CONN_AWS_DEFAULT": "{}",
+        },
+    )
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(cfg)
+    assert parser["core"]["executor"] == "LocalExecutor"
+    assert parser["core"]["simple_auth_manager_all_admins"] == "True"
+    assert parser["core"]["default_timezone"] == "America/Los_Angeles"
+    assert parser["api"]["port"] == "8080"
+    assert parser["api_auth"]["jwt_secret"] == "keep-me"
+    assert "# a comment Airflow wrote" in cfg.read_text()
+    assert "conn" not in cfg.read_text().lower()
