@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from mai_ops import PROJECT_ROOT
+from mai_ops.challenge.config import load_challenge
+from mai_ops.dev.embedded import read_outbox
 from mai_ops.infra import sandbox
+from mai_ops.infra.storage import list_objects
+
+from .conftest import REHEARSAL
+from .test_validation import put_zip
 
 CANARY = "canary-7f3a9c-do-not-leak"
 
@@ -119,3 +125,98 @@ def test_a_worker_without_bubblewrap_refuses_instead_of_running_unconfined(tmp_p
 def test_switching_the_sandbox_off_is_explicit(tmp_path, monkeypatch):
     monkeypatch.setenv(sandbox.MODE_ENV, "off")
     assert sandbox.confine(["/bin/true"], sandbox.Confinement(tmp_path), {}) == ["/bin/true"]
+
+
+# ----------------------------------------------------------- a hostile model, end to end
+
+
+@pytest.fixture(scope="module")
+def loader_attack(tmp_path_factory):
+    """A SavedModel whose loading reads its parent's environment, writes, and raises."""
+    out = tmp_path_factory.mktemp("hostile")
+    escape = out / "escaped.txt"  # outside every scratch folder
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.hostile_models", str(out), str(escape)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0 and "saved" in proc.stdout, proc.stderr[-2000:]
+    files = {
+        f"saved_model/{p.relative_to(out / 'loader_attack').as_posix()}": p.read_bytes()
+        for p in sorted((out / "loader_attack").rglob("*"))
+        if p.is_file()
+    }
+    return files, escape
+
+
+def _readable(mail) -> str:
+    """An email as its reader sees it: headers and every decoded text part."""
+    parts = [part.get_content() for part in mail.walk() if part.get_content_maintype() == "text"]
+    return "\n".join([*(f"{k}: {v}" for k, v in mail.items()), *parts])
+
+
+WORKER = (
+    "import json, sys; from mai_ops import tasks; "
+    "print(json.dumps(tasks.validate_upload(sys.argv[1], sys.argv[2])))"
+)
+
+
+def _submit_attack(s3, files, key, **env):
+    """Upload the archive, then answer it in a worker process started with a canary.
+
+    A process's ``/proc/<pid>/environ`` is its environment as it was started, so the
+    canary must be there from the start, as a real worker's connections are.
+    """
+    put_zip(s3, key, files)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, str(REHEARSAL), key],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "AIRFLOW_CONN_CANARY": f"s3://key:{CANARY}@bucket",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_savedmodel_that_attacks_its_loader_reaches_nothing(
+    s3, airflow_connections, loader_attack
+):
+    files, escape = loader_attack
+    answer = _submit_attack(s3, files, "depth/validation/borealis/attack.zip")
+
+    assert not escape.exists(), "the model wrote outside its scratch folder"
+    assert answer["status"] == "failed"
+    assert [e["code"] for e in answer["errors"]] == ["conversion_failed"]
+    results = load_challenge(REHEARSAL).buckets.results
+    stored = [
+        s3.get_object(Bucket=results, Key=o["Key"])["Body"].read().decode()
+        for o in list_objects(s3, results, "uploads/")
+    ]
+    mails = [_readable(m) for m in read_outbox(airflow_connections.folder)]
+    assert len(stored) == 1 and len(mails) == 1 and "attack.zip" in mails[0]
+    for text in (*stored, *mails):
+        assert CANARY not in text
+
+
+def test_without_the_sandbox_the_same_model_escapes(s3, airflow_connections, loader_attack):
+    """What the test above would catch: unconfined, the model writes where it likes.
+
+    The record still carries no secret: messages are cleaned on their way to a team.
+    """
+    files, escape = loader_attack
+    key = "depth/validation/borealis/attack-unconfined.zip"
+    answer = _submit_attack(s3, files, key, **{sandbox.MODE_ENV: "off"})
+    try:
+        assert escape.exists() and CANARY in escape.read_text(errors="replace")
+    finally:
+        escape.unlink(missing_ok=True)
+    assert [e["code"] for e in answer["errors"]] == ["conversion_failed"]
+    assert CANARY not in json.dumps(answer)

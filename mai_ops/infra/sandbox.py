@@ -44,6 +44,7 @@ SANDBOX_UID = 65534  # nobody
 MODE_ENV = "MAI_OPS_SANDBOX"
 # A child may own this many processes and threads (TensorFlow starts one per core).
 MAX_PROCESSES = 1024
+TMPFS_BYTES = 256 * 1024 * 1024
 _MB = 1024 * 1024
 
 
@@ -60,7 +61,7 @@ class Confinement:
     (inputs the caller keeps elsewhere).
     """
 
-    scratch: Path
+    scratch: Path | None
     readable: tuple[Path, ...] = ()
     memory_mb: int = 4096
     max_file_bytes: int = 4 * 1024 * _MB
@@ -113,15 +114,18 @@ def _wrapped(argv: Sequence[str], box: Confinement, env: Mapping[str, str]) -> l
     prlimit = shutil.which("prlimit")
     if bwrap is None or prlimit is None:
         raise SandboxUnavailable("bubblewrap (bwrap) or prlimit is not installed")
-    scratch = box.scratch.resolve()
+    scratch = box.scratch.resolve() if box.scratch is not None else None
     read_only = [*_read_only_roots(), *(Path(p).absolute() for p in box.readable)]
+    writable = [scratch] if scratch is not None else []
     memory = box.memory_mb * _MB
     cmd = [
         prlimit,
         f"--as={memory}:{memory}",
         f"--fsize={box.max_file_bytes}:{box.max_file_bytes}",
         "--core=0:0",
-        f"--nproc={MAX_PROCESSES}:{MAX_PROCESSES}",
+        # Counted per uid: only meaningful where the child has a uid of its own (root
+        # drops to 65534); an unprivileged worker would share the count with itself.
+        *([f"--nproc={MAX_PROCESSES}:{MAX_PROCESSES}"] if os.geteuid() == 0 else []),
         "--",
         bwrap,
         "--unshare-net",
@@ -145,16 +149,21 @@ def _wrapped(argv: Sequence[str], box: Confinement, env: Mapping[str, str]) -> l
             cmd += ["--ro-bind", str(link), str(link)]
     cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     cmd += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    for folder in _ancestors([*read_only, scratch]):
+    # A private /tmp in memory, bounded; large temporary files go to the scratch folder.
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777"]
+    cmd += ["--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    for folder in _ancestors([*read_only, *writable]):
         if folder != Path("/tmp"):  # the private /tmp above keeps its sticky 1777
             cmd += ["--perms", "0755", "--dir", str(folder)]
-    for path in read_only:
+    for path in sorted(read_only, key=lambda p: len(p.parts)):  # a folder before its files
         cmd += ["--ro-bind", str(path.resolve()), str(path)]
+    for path in writable:
+        cmd += ["--bind", str(path), str(path)]
     # Not the scratch folder: bwrap changes folder before setpriv, as root without
     # capabilities, which may not enter the sandbox uid's 0700 folder.
-    cmd += ["--bind", str(scratch), str(scratch), "--chdir", "/tmp", "--clearenv"]
-    sandbox_env = {**env, "HOME": "/tmp", "TMPDIR": "/tmp", "PATH": "/usr/bin:/bin"}
+    cmd += ["--chdir", "/tmp", "--clearenv"]
+    tmpdir = str(scratch) if scratch is not None else "/tmp"
+    sandbox_env = {**env, "HOME": "/tmp", "TMPDIR": tmpdir, "PATH": "/usr/bin:/bin"}
     for key, value in sorted(sandbox_env.items()):
         cmd += ["--setenv", key, value]
     if os.geteuid() == 0:
