@@ -13,6 +13,12 @@ RUN python -m uv export --frozen --no-dev --no-hashes --no-emit-project -o /tmp/
 
 # Stage 2: the runtime image.
 FROM ${AIRFLOW_IMAGE}
+# The sandbox participants' models run in (docs/security.md).
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+USER airflow
 # uv.lock pins every version (Airflow included), so it plays the role of Airflow's constraints
 # file; naming apache-airflow explicitly keeps pip from ever swapping the image's Airflow.
 COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt

@@ -6,7 +6,7 @@ PY := .venv/bin/python
 # Use this machine's Python 3.11; never download an interpreter.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint format up validate timeline compose-tool bench clean
+.PHONY: demo test lint format up validate timeline compose-tool sandbox-tool bench clean
 
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target .tools uv==$(UV_VERSION)
@@ -15,15 +15,15 @@ $(UV):
 	$(UV) sync --frozen
 	touch $@
 
-demo: .venv/.synced  ## run the whole MAI 2021 timeline end to end on the embedded stack
+demo: .venv/.synced sandbox-tool  ## run the whole MAI 2021 timeline end to end on the embedded stack
 	.venv/bin/mai-ops demo
 
-test: .venv/.synced compose-tool  ## lint, then every test
+test: .venv/.synced compose-tool sandbox-tool  ## lint, then every test
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest
 
-up: .venv/.synced  ## Airflow UI on http://localhost:8080 with the embedded S3 and SMTP servers
+up: .venv/.synced sandbox-tool  ## Airflow UI on http://localhost:8080 with the embedded S3 and SMTP servers
 	$(PY) -m mai_ops.dev.stack
 
 validate: .venv/.synced
@@ -45,6 +45,14 @@ compose-tool:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }
+
+# Participants' models run in a bubblewrap sandbox (docs/security.md); prlimit and setpriv
+# come with util-linux.
+sandbox-tool:
+	@command -v bwrap >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; }
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

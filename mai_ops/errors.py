@@ -14,6 +14,7 @@ exception, so the organizer fixes it and clears the task.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The pipeline's stages in the order a submission passes them; ``internal`` is our own.
@@ -163,6 +164,8 @@ _ALL = [
         "internal",
         retry=True,
         internal_error="an unexpected error in our pipeline; the organizers are told",
+        sandbox_unavailable="the worker cannot set up the sandbox participants' code runs "
+        "in, so the submission was not run; the organizers are told",
     ),
 ]
 CODES: dict[str, Code] = {c.name: c for c in _ALL}
@@ -182,11 +185,68 @@ def stage_codes(stage: str) -> frozenset[str]:
     return frozenset(c.name for c in _ALL if c.stage == stage)
 
 
+# What a message for a team may not carry: environment-like NAME=value pairs (a model
+# that read the worker's environment and raised with it), credentials in URLs, and
+# absolute paths of the worker (only the last part of a path stays).
+_NUL = re.compile(r"\\(?:000|x00|u0000|0)|\x00")
+_SECRET_NAME = re.compile(r"(?<![A-Za-z0-9_])([A-Z_][A-Z0-9_]{1,63})=")
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^\s/@]+@")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/:'\"\[\](),;]+)+/([^\s/:'\"\[\](),;]*)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CLOSING = {"{": "}", "[": "]", "(": ")", '"': '"', "'": "'"}
+MAX_MESSAGE_CHARS = 400
+
+
+def _without_secret_values(text: str) -> str:
+    """Each ``NAME=value`` becomes ``NAME=[removed]``; a bracketed or quoted value whole."""
+    out, pos = [], 0
+    for match in _SECRET_NAME.finditer(text):
+        if match.start() < pos:
+            continue
+        out.append(text[pos : match.end()] + "[removed]")
+        pos = match.end()
+        opener = text[pos : pos + 1]
+        if opener in _CLOSING:
+            depth, i = 0, pos
+            while i < len(text):
+                if text[i] == opener and opener != _CLOSING[opener]:
+                    depth += 1
+                elif text[i] == _CLOSING[opener]:
+                    depth -= 1 if opener != _CLOSING[opener] else 0
+                    if depth <= 0 and i > pos:
+                        break
+                i += 1
+            pos = i + 1
+        else:
+            while pos < len(text) and not text[pos].isspace() and text[pos] not in ",;]})":
+                pos += 1
+    return "".join(out) + text[pos:]
+
+
+def clean_message(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` fit to reach a participant: no secrets, no worker paths, bounded length.
+
+    Every message in a record or an email passes here (through :class:`StageError`), so
+    whatever a hostile child printed or raised reaches the team only in this form.
+    """
+    text = _NUL.sub(" ", str(text))
+    text = _CONTROL.sub(" ", text)
+    text = _URL_CREDENTIALS.sub(r"\1[removed]@", text)
+    text = _without_secret_values(text)
+    text = _ABSOLUTE_PATH.sub(r"…/\1", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 class StageError(Exception):
-    """A submission failed at a stage: a registered ``code`` and a ``message`` for the team."""
+    """A submission failed at a stage: a registered ``code`` and a ``message`` for the team.
+
+    The message is cleaned (:func:`clean_message`) here, once for every path to a team.
+    """
 
     def __init__(self, code_name: str, message: str):
         self.entry = registered(code_name)
+        message = clean_message(message)
         super().__init__(f"{code_name}: {message}")
         self.code = code_name
         self.message = message

@@ -210,3 +210,12 @@ def test_dockerfile_matches_the_locked_airflow_version() -> None:
     assert "uv export --frozen --no-dev" in dockerfile
     for folder in ("dags", "mai_ops", "include"):
         assert re.search(rf"^COPY .*\b{folder}/ /opt/airflow/{folder}/$", dockerfile, re.M)
+
+
+def test_workers_can_set_up_the_model_sandbox(resolved: dict) -> None:
+    """bubblewrap in the image, and a worker allowed to create its namespaces."""
+    assert (
+        "apt-get install -y --no-install-recommends bubblewrap" in (ROOT / "Dockerfile").read_text()
+    )
+    options = set(resolved["services"]["airflow-worker"].get("security_opt", []))
+    assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"} <= options

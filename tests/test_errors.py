@@ -149,3 +149,47 @@ def test_python_m_mai_ops_errors_prints_the_document():
         check=True,
     ).stdout
     assert out == render_markdown()
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept", "gone"),
+    [
+        pytest.param(
+            r"assertion failed: [HOME=/root\000AIRFLOW_CONN_AWS_DEFAULT={\"login\": \"k\","
+            r" \"password\": \"s3cret\"}\000TZ=UTC]",
+            ["assertion failed", "AIRFLOW_CONN_AWS_DEFAULT=[removed]"],
+            ["s3cret", "/root", "login"],
+            id="an-environment-dump-a-model-raised",
+        ),
+        pytest.param(
+            "cannot open s3://AKIAKEY:topsecret@bucket/x",
+            ["s3://[removed]@bucket"],
+            ["topsecret", "AKIAKEY"],
+            id="credentials-in-a-url",
+        ),
+        pytest.param(
+            "failed at /tmp/mai-upload-x1/work/unpacked/model.tflite",
+            ["…/model.tflite"],
+            ["/tmp/mai-upload-x1"],
+            id="a-worker-path",
+        ),
+        pytest.param(
+            "model.tflite: input 0 has shape [1, 32, 32, 3], expected [1, 64, 64, 3]",
+            ["model.tflite: input 0 has shape [1, 32, 32, 3], expected [1, 64, 64, 3]"],
+            [],
+            id="an-ordinary-message-is-unchanged",
+        ),
+    ],
+)
+def test_messages_for_teams_carry_no_secrets_or_worker_paths(raw, kept, gone):
+    message = StageError("conversion_failed", raw).message
+    for text in kept:
+        assert text in message
+    for text in gone:
+        assert text not in message
+
+
+def test_messages_for_teams_are_bounded():
+    many_ops = "unsupported custom ops: " + ", ".join(f"Op{i:05d}" * 20 for i in range(5000))
+    message = StageError("custom_op", many_ops).message
+    assert len(message) <= 400 and message.endswith("…")

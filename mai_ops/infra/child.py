@@ -229,10 +229,12 @@ def run_child(
     env.update(limits.env)
     if limits.scratch is not None:
         env["TMPDIR"] = str(limits.scratch)
+    command = limits.argv(module)
+    argv = _confined(command, request, limits, env)  # SandboxUnavailable: refuse
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
-            limits.argv(module),
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -263,9 +265,12 @@ def run_child(
         raise
     finally:
         io.close()
+    returncode = proc.returncode
+    if argv is not command and returncode is not None and 128 < returncode < 128 + 65:
+        returncode = 128 - returncode  # bubblewrap reports a child's death by signal n as 128+n
     outcome = ChildOutcome(
         "ok",
-        returncode=proc.returncode,
+        returncode=returncode,
         stderr=io.stderr_tail,
         seconds=time.monotonic() - started,
     )
@@ -297,6 +302,38 @@ def _judge(
         outcome.status = "memory_exceeded" if memory_on_stderr else "crashed"
         tail = outcome.stderr_line or "no output"
         outcome.message = f"exited with status {code} without an answer: {tail}"
+
+
+def _confined(
+    argv: list[str], request: Mapping[str, Any], limits: ChildLimits, env: dict[str, str]
+) -> list[str]:
+    """``argv`` inside the sandbox: it reads the files the request names, writes scratch.
+
+    Raises :class:`~mai_ops.infra.sandbox.SandboxUnavailable` when the sandbox is
+    required and cannot be set up: participant code is then not run at all.
+    """
+    from mai_ops.infra import sandbox
+
+    if not sandbox.enabled():
+        return argv  # the same list: not confined
+    scratch = limits.scratch.resolve() if limits.scratch is not None else None
+    if scratch is not None:
+        sandbox.prepare_scratch(scratch)
+    inside = [p for p in _paths_in(request) if scratch is None or not p.is_relative_to(scratch)]
+    box = sandbox.Confinement(scratch, tuple(inside), memory_mb=int(limits.memory_mb))
+    return sandbox.confine(argv, box, env)
+
+
+def _paths_in(value: Any) -> list[Path]:
+    """Every existing absolute path named anywhere in a request (the child's inputs)."""
+    if isinstance(value, str):
+        path = Path(value)
+        return [path.resolve()] if path.is_absolute() and path.exists() else []
+    if isinstance(value, Mapping):
+        return [p for v in value.values() for p in _paths_in(v)]
+    if isinstance(value, list | tuple):
+        return [p for v in value for p in _paths_in(v)]
+    return []
 
 
 class _Exchange:

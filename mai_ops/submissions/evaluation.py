@@ -31,6 +31,7 @@ from typing import Any
 
 from mai_ops.challenge.config import Challenge, Track
 from mai_ops.errors import CODES, NeedsOrganizer, StageError, registered
+from mai_ops.infra.sandbox import SandboxUnavailable
 from mai_ops.infra.storage import sha256_of_file
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,9 @@ def evaluate(
         record.fail(*exc.errors)
     except NeedsOrganizer:
         raise  # e.g. unusable validation data: the organizers fix it, then clear
+    except SandboxUnavailable as exc:  # never run participant code unconfined
+        log.error("sandbox unavailable, %s not run: %s", record.key or archive, exc)
+        record.fail(StageError("sandbox_unavailable", str(exc)))
     except Exception as exc:  # one submission's failure must not stop the others
         log.exception("evaluating %s failed", record.key or archive)
         record.fail(StageError("internal_error", f"{type(exc).__name__}: {exc}"))
