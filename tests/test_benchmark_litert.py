@@ -263,6 +263,9 @@ def test_hang_is_killed_as_timeout(models):
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path, monkeypatch, models):
+    # Unconfined, so the grandchild's pid means something here; a confined child's
+    # namespace dies with it (tests/test_sandbox.py).
+    monkeypatch.setenv("MAI_OPS_SANDBOX", "off")
     pid_file = tmp_path / "grandchild.pid"
     script = (
         "import subprocess, sys, time\n"

@@ -185,6 +185,9 @@ def test_a_flood_on_stderr_is_kept_bounded(monkeypatch):
 
 
 def test_an_interrupted_caller_leaves_nothing_running(monkeypatch, tmp_path):
+    # Unconfined, so the grandchild's pid means something here; a confined child's
+    # namespace dies with it (tests/test_sandbox.py).
+    monkeypatch.setenv("MAI_OPS_SANDBOX", "off")
     pid_file = tmp_path / "grandchild.pid"
     _child_script(
         monkeypatch,

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from mai_ops import PROJECT_ROOT
 from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
-from mai_ops.infra import sandbox
+from mai_ops.infra import child, sandbox
 from mai_ops.infra.storage import list_objects
 
 from .conftest import REHEARSAL
@@ -120,6 +121,27 @@ def test_a_worker_without_bubblewrap_refuses_instead_of_running_unconfined(tmp_p
     finally:
         monkeypatch.undo()
         sandbox.available.cache_clear()
+
+
+def test_a_confined_child_that_times_out_leaves_nothing_running(monkeypatch):
+    """bubblewrap's pid namespace dies with it: no grandchild survives the kill."""
+    marker = "600.4242"  # a sleep nobody else runs
+    script = (
+        "import subprocess, sys, time\n"
+        "sys.stdin.read()\n"
+        f"subprocess.Popen(['sleep', '{marker}'])\n"
+        "time.sleep(600)\n"
+    )
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", script])
+    outcome = child.run_child("any.module", {}, child.ChildLimits(timeout_s=5))
+    assert outcome.status == "timeout"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        survivors = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True)
+        if survivors.returncode == 1:  # nothing matched
+            break
+        time.sleep(0.2)
+    assert survivors.returncode == 1, survivors.stdout
 
 
 def test_switching_the_sandbox_off_is_explicit(tmp_path, monkeypatch):
