@@ -145,16 +145,21 @@ def _restore_moto_state(state: dict) -> None:
                 vars(backends[service][account][region]).update(attributes)
 
 
-def s3_client(endpoint_url: str) -> Any:
+def _client(service: str, endpoint_url: str) -> Any:
+    """A boto3 client of the local server, with its fixed credentials."""
     import boto3
 
     return boto3.client(
-        "s3",
+        service,
         endpoint_url=endpoint_url,
         region_name=DEFAULT_REGION,
         aws_access_key_id=EMBEDDED_KEY,
         aws_secret_access_key=EMBEDDED_SECRET,
     )
+
+
+def s3_client(endpoint_url: str) -> Any:
+    return _client("s3", endpoint_url)
 
 
 def ensure_buckets(s3: Any, names: Iterable[str]) -> list[str]:
@@ -248,15 +253,7 @@ def connection_env(s3_endpoint: str, smtp_host: str, smtp_port: int) -> dict[str
 
 
 def sqs_client(endpoint_url: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        "sqs",
-        endpoint_url=endpoint_url,
-        region_name=DEFAULT_REGION,
-        aws_access_key_id=EMBEDDED_KEY,
-        aws_secret_access_key=EMBEDDED_SECRET,
-    )
+    return _client("sqs", endpoint_url)
 
 
 def ensure_upload_notifications(endpoint_url: str, bucket: str, queue_name: str) -> str:
