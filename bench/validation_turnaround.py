@@ -202,8 +202,8 @@ def sequential(s3, outbox: Path, model: bytes, args) -> int:
 
 
 def burst(s3, outbox: Path, model: bytes, args, warmup: int) -> int:
+    from mai_ops.infra.layout import upload_record_key
     from mai_ops.infra.storage import get_json
-    from mai_ops.submissions.validation import record_key
 
     warm = "denoise/validation/bench/warm-up.zip"
     s3.put_object(Bucket=BUCKET, Key=warm, Body=archive_of(model, "warm-up"))
@@ -237,7 +237,7 @@ def burst(s3, outbox: Path, model: bytes, args, warmup: int) -> int:
     device = 0.0
     for key in bodies:
         etag = s3.head_object(Bucket=BUCKET, Key=key)["ETag"]
-        device += benchmark_seconds(get_json(s3, RESULTS, record_key(key, etag)), warmup)
+        device += benchmark_seconds(get_json(s3, RESULTS, upload_record_key(key, etag)), warmup)
     p50, p95 = statistics.median(latencies), percentile(latencies, 0.95)
     per_minute = len(bodies) / span * 60
     limit = len(bodies) / device * 60 if device else float("inf")

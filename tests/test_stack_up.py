@@ -340,7 +340,7 @@ def test_ctrl_c_stops_everything(stack):
 
 def test_a_restart_loses_no_upload_and_sends_nothing_twice(stack):
     """Start again on the same home: the upload, its record and every sent-marker are there."""
-    from mai_ops.submissions.validation import record_key
+    from mai_ops.infra.layout import upload_record_key
 
     if stack.proc.poll() is None:  # also when this test runs alone
         os.killpg(stack.proc.pid, signal.SIGINT)
@@ -351,7 +351,7 @@ def test_a_restart_loses_no_upload_and_sends_nothing_twice(stack):
         wait_for_health(again)
         s3 = s3_client(again.s3_endpoint)
         etag = s3.head_object(Bucket="mai2021-submissions", Key=UPLOAD_KEY)["ETag"]
-        record = s3.get_object(Bucket="mai2021-results", Key=record_key(UPLOAD_KEY, etag))
+        record = s3.get_object(Bucket="mai2021-results", Key=upload_record_key(UPLOAD_KEY, etag))
         assert json.load(record["Body"])["status"] == "rejected"
         wait_for_dag(again, "mai2021__validation_server")
         run = run_to_the_end(again, "mai2021__validation_server", ANNOUNCE)
