@@ -318,6 +318,7 @@ def _confined(
         return argv  # the same list: not confined
     scratch = limits.scratch.resolve() if limits.scratch is not None else None
     if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)  # e.g. the folder a conversion fills
         sandbox.prepare_scratch(scratch)
     inside = [p for p in _paths_in(request) if scratch is None or not p.is_relative_to(scratch)]
     box = sandbox.Confinement(scratch, tuple(inside), memory_mb=int(limits.memory_mb))
