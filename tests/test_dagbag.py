@@ -94,19 +94,21 @@ def test_scoring_dag_offers_a_rescore_form(dagbag):
     params = dagbag.dags["mai2021__scoring"].params
     assert params["track"] == "all"
     assert "learned_isp" in params.get_param("track").schema["enum"]
-    assert params["team"] == ""
+    assert params["team"] is None
+    assert "empty: every team" in params.get_param("team").description
 
 
-def _parse_in_child(challenges_dir, extra_code: str = "") -> dict:
+def _parse_in_child(challenges_dir, dags_dir=PROJECT / "dags") -> dict:
     code = f"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 before = set(sys.modules)
-bag = DagBag(dag_folder={str(PROJECT / "dags")!r})
+bag = DagBag(dag_folder={str(dags_dir)!r})
 loaded = set(sys.modules) - before
 heavy = sorted(m for m in loaded if m.split(".")[0] in
     {{"tensorflow", "great_expectations", "ai_edge_litert", "boto3", "botocore", "keras"}})
-result = {{"dags": sorted(bag.dag_ids), "errors": list(bag.import_errors), "heavy": heavy}}
+result = {{"dags": sorted(bag.dag_ids), "errors": list(bag.import_errors), "heavy": heavy,
+    "tasks": {{d: sorted(bag.dags[d].task_ids) for d in bag.dag_ids}}}}
 print(json.dumps(result))
 """
     env = {**os.environ, "MAI_OPS_CHALLENGES_DIR": str(challenges_dir)}
@@ -169,3 +171,73 @@ def test_instants_are_utc(dagbag):
     for dag_id in EXPECTED - {"mai2021__scoring", "mai2021__validation_uploads"}:
         for instant in dagbag.dags[dag_id].timetable.event_dates:
             assert instant.utcoffset() == dt.timedelta(0)
+
+
+def test_a_code_error_in_one_phase_file_spares_the_other_phases(tmp_path):
+    dags = tmp_path / "dags"
+    shutil.copytree(PROJECT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    scoring = dags / "scoring.py"
+    scoring.write_text(scoring.read_text().replace("for_each_challenge(PHASE, build)", "oops()"))
+    result = _parse_in_child(CHALLENGES, dags)
+    assert result["errors"] == [str(scoring)]
+    assert set(result["dags"]) == EXPECTED - {"mai2021__scoring"}
+
+
+def test_a_challenge_whose_dag_cannot_be_built_gets_a_stand_in_and_spares_the_others(tmp_path):
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    source = (PROJECT / "dags" / "reminders.py").read_text()
+    broken = source.replace(
+        "    def reminders():\n",
+        "    def reminders():\n"
+        "        if challenge.id == 'mai2021':\n"
+        "            raise KeyError('a bug met by one challenge')\n",
+    )
+    assert broken != source
+    (dags / "reminders.py").write_text(broken)
+    result = _parse_in_child(CHALLENGES, dags)
+    assert result["errors"] == []
+    assert result["dags"] == ["mai2021__reminders", "mai2023__reminders"]
+    assert result["tasks"]["mai2023__reminders"] == ["send_reminders"]
+    assert result["tasks"]["mai2021__reminders"] == ["report_build_error"]
+
+
+def _form_fields(dag) -> dict:
+    """The params as the REST API's DAG details give them to the trigger form."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    params = DagSerialization.from_dict(DagSerialization.to_dict(dag)).params
+    return {name: param.dump() for name, param in params.items()}
+
+
+def _required_by_the_form(schema: dict) -> bool:
+    """The React form's rule: a ``type`` that is not a list containing "null"."""
+    kind = schema.get("type")
+    return bool(kind) and not (isinstance(kind, list) and "null" in kind)
+
+
+def test_every_trigger_form_submits_as_it_opens(dagbag):
+    import jsonschema
+
+    checked = 0
+    for dag_id, dag in sorted(dagbag.dags.items()):
+        for name, field in _form_fields(dag).items():
+            where = f"{dag_id}: param {name!r}"
+            assert field["description"], f"{where} says nothing about its value"
+            if _required_by_the_form(field["schema"]):
+                assert field["value"] not in (None, ""), f"{where} opens required and empty"
+            else:
+                assert "empty" in field["description"].lower(), f"{where}: what does empty mean?"
+                jsonschema.validate(None, field["schema"])  # a cleared field still submits
+            if field["value"] is not None:
+                jsonschema.validate(field["value"], field["schema"])
+            checked += 1
+    assert checked >= 8
+
+
+def test_event_forms_mark_events_without_a_fixed_date(dagbag):
+    schema = dagbag.dags["mai2021__workshop_notices"].params.get_param("event").schema
+    assert None in schema["enum"] and "workshop_day" in schema["enum"]
+    assert schema["values_display"]["None"] == "(by date)"
+    assert "not sendable" in schema["values_display"]["workshop_day"]
+    assert "not sendable" not in schema["values_display"]["camera_ready"]

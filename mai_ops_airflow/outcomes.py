@@ -1,0 +1,67 @@
+"""What a mapped task's end state says about one submission: red means an organizer is needed.
+
+- success (green): the submission was judged and passed;
+- skipped (pink), labelled ``<team>: <code>`` in the grid: the participant's model
+  failed (wrong shape, not a TFLite file, over quota...). It is recorded and answered;
+  nobody needs to act;
+- failed (red): a failure on our side (a device offline, a crash of ours, storage
+  down, a frozen copy changed): an organizer fixes the cause and clears the task.
+
+Imported by tasks at run time only.
+"""
+
+from __future__ import annotations
+
+# Our side, yet clearing alone cannot fix it: someone must look at the stored copy.
+ORGANIZER_CODES = frozenset({"frozen_copy_changed"})
+
+
+class OurSideFailure(RuntimeError):
+    """A submission failed for a reason of ours; Airflow retries, then shows it red."""
+
+
+def failure_codes(record: dict) -> list[str]:
+    """The codes of a record that did not pass (validation: ``errors``; scoring: ``error``)."""
+    if record.get("status") in ("ok", "verified"):
+        return []
+    codes = [e["code"] for e in record.get("errors") or []]
+    if record.get("error"):
+        codes.append(record["error"]["code"])
+    return codes or ["failed"]
+
+
+def is_ours(codes: list[str]) -> bool:
+    """Whether any of the codes is a failure of ours, one that clearing the task retries."""
+    from mai_ops.submissions.validation import RETRYABLE_CODES
+
+    return any(c in RETRYABLE_CODES or c in ORGANIZER_CODES for c in codes)
+
+
+def upload_label(key: str) -> str:
+    """``<track>/<phase>/<team>/<file>`` as the grid shows it: ``<team>/<file>``."""
+    parts = key.split("/")
+    return "/".join(parts[2:]) if len(parts) >= 4 else key
+
+
+def settle(record: dict, label_key: str) -> dict:
+    """Return a passed record; skip on the participant's failure; raise on ours.
+
+    ``label_key`` is the context variable the task's ``map_index_template`` shows; the
+    failure's code is appended to it, so the grid reads "cobalt: not_tflite".
+    """
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from mai_ops.submissions.validation import RETRYABLE_CODES
+
+    codes = failure_codes(record)
+    if not codes:
+        return record
+    context = get_current_context()
+    label = f"{context.get(label_key) or ''}: {codes[0]}".lstrip(": ")
+    context[label_key] = label
+    if any(c in RETRYABLE_CODES for c in codes):
+        raise OurSideFailure(f"{label}: a failure on our side; clear the task once it is fixed")
+    if is_ours(codes):
+        raise AirflowFailException(f"{label}: an organizer must look at this submission")
+    raise AirflowSkipException(f"{label}: the participant's model failed; recorded and answered")
