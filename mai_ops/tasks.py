@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 from mai_ops.challenge.config import Challenge, Event, load_challenge
-from mai_ops.challenge.participants import load_teams
+from mai_ops.challenge.participants import Team, load_teams
 from mai_ops.challenge.timeline import (
     DagPhase,
     all_reminders,
@@ -23,7 +24,7 @@ from mai_ops.challenge.timeline import (
     reminders_at,
 )
 from mai_ops.errors import NeedsOrganizer
-from mai_ops.notify.ledger import Notice, deliver
+from mai_ops.notify.ledger import DeliveryReport, Notice, deliver
 from mai_ops.notify.messages import (
     event_notices,
     preliminary_results_notices,
@@ -49,16 +50,42 @@ class PhaseError(NeedsOrganizer):
     """A phase run that cannot go ahead; the message says what the organizer should fix."""
 
 
-def _clients(s3: Any, send: Sender | None) -> tuple[Any, Sender | None]:
-    from mai_ops_airflow import hooks
+class PhaseRun:
+    """What a task works with: the challenge, storage, the teams, and email delivery.
 
-    return (s3 if s3 is not None else hooks.s3_client()), send
+    Opened per task from the challenge file; the S3 client and the teams are fetched
+    once, when first used. ``s3`` and ``send`` default to the providers' hooks.
+    """
 
+    def __init__(self, path, challenge: Challenge, s3: Any = None, send: Sender | None = None):
+        self.path = str(path)
+        self.challenge = challenge
+        self._s3 = s3
+        self._send = send
 
-def _sender(send: Sender | None) -> Sender:
-    from mai_ops_airflow import hooks
+    @classmethod
+    def open(cls, path, s3: Any = None, send: Sender | None = None) -> PhaseRun:
+        return cls(path, load_challenge(path), s3, send)
 
-    return send if send is not None else hooks.smtp_sender()
+    @cached_property
+    def s3(self) -> Any:
+        if self._s3 is not None:
+            return self._s3
+        from mai_ops_airflow import hooks
+
+        return hooks.s3_client()
+
+    @cached_property
+    def teams(self) -> list[Team]:
+        return load_teams(self.challenge, self.path, self.s3)
+
+    def deliver(self, notices: list[Notice]) -> DeliveryReport:
+        """Send each notice once (sent-markers in the results bucket)."""
+        if self._send is None:
+            from mai_ops_airflow import hooks
+
+            self._send = hooks.smtp_sender()
+        return deliver(notices, self._send, self.s3, self.challenge.buckets.results)
 
 
 def resolve_events(
@@ -77,12 +104,18 @@ def resolve_events(
     candidates = [e for e in challenge.timeline if dag_phase_of(e) == dag_phase]
     names = ", ".join(e.name for e in candidates) or "none"
     if override:
-        for event in candidates:
-            if event.name == override:
-                return [event]
-        raise PhaseError(
-            f"event {override!r} is not a {dag_phase} event of {challenge.id}; known: {names}"
-        )
+        event = next((e for e in candidates if e.name == override), None)
+        if event is None:
+            raise PhaseError(
+                f"event {override!r} is not a {dag_phase} event of {challenge.id}; known: {names}"
+            )
+        if not event.date.fixed:
+            raise PhaseError(
+                f"event {override!r} of {challenge.id} has no fixed date yet "
+                f"({event.date.text()}) and is never sent; fix its date in the challenge "
+                "file first"
+            )
+        return [event]
     events = events_at(challenge, dag_phase, when)
     if not events and manual:
         past = [
@@ -101,59 +134,62 @@ def resolve_events(
 
 def release_data(path, logical_date, event=None, manual=False, s3=None, send=None) -> dict:
     """Publish each release event's files and email every team its links."""
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, send)
-    teams = load_teams(challenge, path, s3)
+    run = PhaseRun.open(path, s3, send)
     notices, manifests = [], []
-    for ev in resolve_events(challenge, DagPhase.RELEASE_DATA, logical_date, event, manual):
-        manifest = publish_release(s3, challenge, ev)
+    for ev in resolve_events(run.challenge, DagPhase.RELEASE_DATA, logical_date, event, manual):
+        manifest = publish_release(run.s3, run.challenge, ev)
         manifests.append({"event": ev.name, "files": len(manifest["files"])})
-        links = download_links(s3, challenge, manifest, DEFAULT_LINK_TTL_S)
-        notices += release_notices(challenge, ev, links, teams, DEFAULT_LINK_TTL_S)
-    report = deliver(notices, _sender(send), s3, challenge.buckets.results)
-    return {"releases": manifests, **report.as_dict()}
+        links = download_links(run.s3, run.challenge, manifest, DEFAULT_LINK_TTL_S)
+        notices += release_notices(run.challenge, ev, links, run.teams, DEFAULT_LINK_TTL_S)
+    return {"releases": manifests, **run.deliver(notices).as_dict()}
 
 
 def announce_events(
     path, dag_phase, logical_date, event=None, manual=False, s3=None, send=None
 ) -> dict:
     """Email every team that the phase's event has happened (validation server, workshop)."""
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, send)
-    teams = load_teams(challenge, path, s3)
-    events = resolve_events(challenge, dag_phase, logical_date, event, manual)
-    report = deliver(
-        event_notices(challenge, events, teams, dag_phase),
-        _sender(send),
-        s3,
-        challenge.buckets.results,
-    )
+    run = PhaseRun.open(path, s3, send)
+    events = resolve_events(run.challenge, dag_phase, logical_date, event, manual)
+    report = run.deliver(event_notices(run.challenge, events, run.teams, dag_phase))
     return {"events": [e.name for e in events], **report.as_dict()}
 
 
 def send_reminders(path, logical_date, manual=False, s3=None, send=None) -> dict:
     """Send the reminders due at the run's date (a manual run: the latest ones before it)."""
-    challenge = load_challenge(path)
-    reminders = reminders_at(challenge, logical_date)
+    run = PhaseRun.open(path, s3, send)
+    reminders = reminders_at(run.challenge, logical_date)
     if not reminders and manual:
-        past = [r for r in all_reminders(challenge) if r.instant <= logical_date]
+        past = [r for r in all_reminders(run.challenge) if r.instant <= logical_date]
         if past:
             latest = max(r.instant for r in past)
             reminders = [r for r in past if r.instant == latest]
     if not reminders:
-        raise PhaseError(f"no reminder of {challenge.id} falls at {logical_date.isoformat()}")
-    s3, _ = _clients(s3, send)
-    teams = load_teams(challenge, path, s3)
-    report = deliver(
-        reminder_notices(challenge, reminders, teams), _sender(send), s3, challenge.buckets.results
-    )
+        raise PhaseError(f"no reminder of {run.challenge.id} falls at {logical_date.isoformat()}")
+    report = run.deliver(reminder_notices(run.challenge, reminders, run.teams))
     return {"reminders": [r.key for r in reminders], **report.as_dict()}
 
 
-def freeze_final(path, refreeze=False, s3=None) -> dict:
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, None)
-    manifest = freeze_final_set(s3, challenge, load_teams(challenge, path, s3), refreeze)
+def freeze_final(path, refreeze=False, s3=None, manual=False, early=False, now=None) -> dict:
+    """Freeze the final set; a manual freeze before the deadline needs ``early``.
+
+    An early freeze is provisional: the freeze at the deadline replaces it, with every
+    upload received in time. ``now`` is the wall clock (tests may pass another).
+    """
+    run = PhaseRun.open(path, s3)
+    deadline = event_instant(run.challenge, run.challenge.event("final_deadline"))
+    now = now or dt.datetime.now(dt.UTC)
+    before_deadline = deadline is not None and now < deadline
+    if manual and before_deadline and not early:
+        raise PhaseError(
+            f"the final deadline of {run.challenge.id} is {deadline:%Y-%m-%d %H:%M %Z} "
+            f"({deadline.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC), still to come: a freeze "
+            "now would ignore every upload made until then. The scheduled run at the "
+            "deadline freezes the set; to freeze early on purpose, trigger with "
+            "early_freeze (the receipts will say so)"
+        )
+    manifest = freeze_final_set(
+        run.s3, run.challenge, run.teams, refreeze, early=early and before_deadline
+    )
     return {k: len(v) for k, v in manifest.items() if isinstance(v, list)}
 
 
@@ -161,25 +197,23 @@ def send_receipts(path, s3=None, send=None) -> dict:
     from mai_ops.infra.layout import FROZEN_MANIFEST
     from mai_ops.infra.storage import get_json
 
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, send)
-    manifest = get_json(s3, challenge.buckets.results, FROZEN_MANIFEST)
-    notices = receipt_notices(challenge, manifest, load_teams(challenge, path, s3))
-    return deliver(notices, _sender(send), s3, challenge.buckets.results).as_dict()
+    run = PhaseRun.open(path, s3, send)
+    manifest = get_json(run.s3, run.challenge.buckets.results, FROZEN_MANIFEST)
+    early = bool(manifest.get("early"))
+    return run.deliver(receipt_notices(run.challenge, manifest, run.teams, early)).as_dict()
 
 
 def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
     """The frozen submissions to score, narrowed to one track and/or team for a re-score."""
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, None)
+    run = PhaseRun.open(path, s3)
     if track and track != "all":
         try:
-            challenge.track(track)
+            run.challenge.track(track)
         except KeyError as exc:
             raise PhaseError(exc.args[0]) from None
     entries = [
         e
-        for e in frozen_entries(s3, challenge)
+        for e in frozen_entries(run.s3, run.challenge)
         if (not track or track == "all" or e["track"] == track) and (not team or e["team"] == team)
     ]
     if team and not entries and (not track or track == "all"):
@@ -188,18 +222,33 @@ def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
 
 
 def score_submission(path, entry, force=False, s3=None) -> dict:
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, None)
-    return verify_frozen_submission(s3, challenge, entry, force=force)
+    run = PhaseRun.open(path, s3)
+    return verify_frozen_submission(run.s3, run.challenge, entry, force=force)
+
+
+def summarize_scores(path, entries: list[dict], s3=None) -> dict:
+    """How the scored entries stand, from their stored records: counts and every failure."""
+    from mai_ops.infra.storage import get_json, object_exists
+    from mai_ops.submissions.scoring import score_key
+
+    run = PhaseRun.open(path, s3)
+    results = run.challenge.buckets.results
+    failed, unscored = [], []
+    for entry in entries:
+        key = score_key(entry["track"], entry["team"])
+        record = get_json(run.s3, results, key) if object_exists(run.s3, results, key) else None
+        if record is None or record.get("sha256") != entry["sha256"]:
+            unscored.append(f"{entry['track']}/{entry['team']}")
+        elif record["status"] != "verified":
+            failed.append(f"{entry['track']}/{entry['team']}: {record['error']['code']}")
+    return {"scored": len(entries) - len(unscored), "failed": failed, "unscored": unscored}
 
 
 def publish_preliminary_results(path, s3=None, send=None) -> dict:
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, send)
-    table = publish_preliminary(s3, challenge, collect_results(s3, challenge))
-    notices = preliminary_results_notices(challenge, table, load_teams(challenge, path, s3))
-    report = deliver(notices, _sender(send), s3, challenge.buckets.results)
-    return {"results": len(table["results"]), **report.as_dict()}
+    run = PhaseRun.open(path, s3, send)
+    table = publish_preliminary(run.s3, run.challenge, collect_results(run.s3, run.challenge))
+    notices = preliminary_results_notices(run.challenge, table, run.teams)
+    return {"results": len(table["results"]), **run.deliver(notices).as_dict()}
 
 
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str, list[str]]:
@@ -213,20 +262,19 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str
     from mai_ops.infra.layout import upload_track
     from mai_ops.submissions.validation import MAX_PER_RUN, pending_uploads
 
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, None)
-    pending = pending_uploads(s3, challenge)
+    run = PhaseRun.open(path, s3)
+    pending = pending_uploads(run.s3, run.challenge)
     waiting = {u["key"] for u in pending}
     announced = [
         u["key"]
         for extra in events or []
         for u in (extra.get("payload", extra).get("uploads") or [])
-        if u.get("bucket") in (None, challenge.buckets.submissions)
+        if u.get("bucket") in (None, run.challenge.buckets.submissions)
     ]
     missing = [k for k in announced if k not in waiting]
     if missing:
         log.info("announced uploads already answered or gone: %s", ", ".join(missing[:10]))
-    by_track: dict[str, list[str]] = {t.id: [] for t in challenge.tracks}
+    by_track: dict[str, list[str]] = {t.id: [] for t in run.challenge.tracks}
     for upload in pending:  # oldest first: quotas count earlier uploads
         track = upload_track(upload["key"])
         lane = by_track.setdefault(track if track in by_track else "_unknown", [])
@@ -239,15 +287,11 @@ def validate_upload(path, key, s3=None, send=None) -> dict:
     """One upload, start to answer: its record, and the reply email to its team."""
     from mai_ops.submissions.validation import process_upload
 
-    challenge = load_challenge(path)
-    s3, _ = _clients(s3, send)
-    teams = load_teams(challenge, path, s3)
-    record = process_upload(s3, challenge, teams, key)
-    team = next((t for t in teams if t.team_id == record.get("team")), None)
+    run = PhaseRun.open(path, s3, send)
+    record = process_upload(run.s3, run.challenge, run.teams, key)
+    team = next((t for t in run.teams if t.team_id == record.get("team")), None)
     if team is not None:
-        deliver(
-            [upload_reply(challenge, team, record)], _sender(send), s3, challenge.buckets.results
-        )
+        run.deliver([upload_reply(run.challenge, team, record)])
     else:
         log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
     return {k: record[k] for k in ("key", "status", "errors", "score")}

@@ -320,3 +320,49 @@ def test_the_final_set_is_frozen_once_unless_refrozen(s3, airflow_connections):
     tasks.freeze_final(MAI2021, refreeze=True)
     teams = {f["team"] for f in get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["frozen"]}
     assert teams == {"borealis", "aurora"}
+
+
+def test_a_manual_freeze_before_the_deadline_is_refused_unless_asked_for_early(
+    s3, airflow_connections
+):
+    upload(s3, "depth", "borealis")
+    with pytest.raises(tasks.PhaseError, match=r"still to come.*early_freeze"):
+        tasks.freeze_final(MAI2021, manual=True)
+    assert list(list_objects(s3, CH.buckets.results, "frozen/")) == []
+
+    tasks.freeze_final(MAI2021, manual=True, early=True)
+    assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["early"] is True
+    tasks.send_receipts(MAI2021)
+    early = {m["To"]: m.get_body().get_content() for m in read_outbox(airflow_connections.folder)}
+    assert "froze the final set early" in early["borealis@teams.example"]
+    assert "deadline has passed" not in early["borealis@teams.example"]
+
+    # A later upload, still in time: the freeze at the deadline takes it, and says so.
+    upload(s3, "learned_isp", "aurora")
+    counts = tasks.freeze_final(MAI2021, now=at("final_deadline"))
+    manifest = get_json(s3, CH.buckets.results, FROZEN_MANIFEST)
+    assert manifest["early"] is False and counts["frozen"] == 2
+    assert {f["team"] for f in manifest["frozen"]} == {"borealis", "aurora"}
+    tasks.send_receipts(MAI2021)
+    mails = read_outbox(airflow_connections.folder)
+    final = [m for m in mails[len(early) :] if m["To"] == "aurora@teams.example"]
+    assert len(final) == 1 and "deadline has passed" in final[0].get_body().get_content()
+    # The freeze at the deadline is not provisional: a later early freeze keeps it.
+    tasks.freeze_final(MAI2021, manual=True, early=True)
+    assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == manifest
+
+
+def test_a_manual_freeze_after_the_deadline_needs_no_early_flag(s3, airflow_connections):
+    upload(s3, "depth", "borealis")
+    later = at("final_deadline") + dt.timedelta(minutes=1)
+    assert tasks.freeze_final(MAI2021, manual=True, now=later)["frozen"] == 1
+    assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["early"] is False
+
+
+def test_an_event_without_a_fixed_date_is_never_sent_even_by_name(s3, airflow_connections):
+    assert not CH.event("workshop_day").date.fixed
+    with pytest.raises(tasks.PhaseError, match="'workshop_day'.*no fixed date.*never sent"):
+        tasks.announce_events(
+            MAI2021, "workshop_notices", at("camera_ready"), event="workshop_day", manual=True
+        )
+    assert read_outbox(airflow_connections.folder) == []

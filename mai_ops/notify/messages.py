@@ -163,8 +163,26 @@ def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
     )
 
 
-def receipt_notices(challenge: Challenge, manifest: dict, teams: list[Team]) -> list[Notice]:
-    """A receipt per team: what was frozen (with sha256) and what is missing."""
+def receipt_notices(
+    challenge: Challenge, manifest: dict, teams: list[Team], early: bool = False
+) -> list[Notice]:
+    """A receipt per team: what was frozen (with sha256) and what is missing.
+
+    After an ``early`` freeze the receipt says so, under its own key, so the receipt of
+    the freeze at the deadline is still sent.
+    """
+    if early:
+        deadline = event_instant(challenge, challenge.event("final_deadline"))
+        opening = (
+            "The organizers froze the final set early, before the final submission "
+            f"deadline ({deadline:%Y-%m-%d %H:%M %Z}). The deadline still holds: the set is "
+            "frozen again at the deadline with your latest upload by then, and you will "
+            "get a new receipt. Frozen for scoring now:"
+        )
+        kind = "final_receipt_early"
+    else:
+        opening = "The final submission deadline has passed. Frozen for scoring:"
+        kind = "final_receipt"
     notices = []
     for team in teams:
         mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
@@ -177,13 +195,10 @@ def receipt_notices(challenge: Challenge, manifest: dict, teams: list[Team]) -> 
         lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
         notices.append(
             Notice(
-                key=f"{challenge.id}/final_receipt/{team.team_id}",
+                key=f"{challenge.id}/{kind}/{team.team_id}",
                 to=team.email,
                 subject=f"[{challenge.title}] Final submission receipt",
-                body=(
-                    f"Dear {team.name},\n\nThe final submission deadline has passed. "
-                    "Frozen for scoring:\n\n" + "\n".join(lines) + "\n"
-                ),
+                body=f"Dear {team.name},\n\n{opening}\n\n" + "\n".join(lines) + "\n",
             )
         )
     return notices

@@ -28,12 +28,18 @@ from mai_ops.infra.storage import copy_if_changed, get_json, list_objects, objec
 
 
 def freeze_final_set(
-    s3: Any, challenge: Challenge, teams: list[Team], refreeze: bool = False
+    s3: Any, challenge: Challenge, teams: list[Team], refreeze: bool = False, early: bool = False
 ) -> dict:
-    """Freeze once: a stored manifest is the final set, unless ``refreeze`` is asked for."""
+    """Freeze once: a stored manifest is the final set, unless ``refreeze`` is asked for.
+
+    An ``early`` freeze (by the organizers, before the deadline) is provisional: only
+    another early freeze keeps it; the freeze at the deadline replaces it.
+    """
     buckets = challenge.buckets
     if not refreeze and object_exists(s3, buckets.results, FROZEN_MANIFEST):
-        return get_json(s3, buckets.results, FROZEN_MANIFEST)
+        stored = get_json(s3, buckets.results, FROZEN_MANIFEST)
+        if early or not stored.get("early"):
+            return stored
     known = {t.team_id for t in teams}
     deadline = event_instant(challenge, challenge.event("final_deadline"))
     frozen, missing, rejected = [], [], []
@@ -86,6 +92,7 @@ def freeze_final_set(
         "frozen": frozen,
         "missing": missing,
         "rejected": rejected,
+        "early": early,
     }
     put_json(s3, buckets.results, FROZEN_MANIFEST, manifest)
     return manifest
