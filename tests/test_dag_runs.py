@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 import pytest
 
+from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
 from mai_ops.infra.layout import FROZEN_MANIFEST
-from mai_ops.infra.storage import get_json
+from mai_ops.infra.storage import get_json, list_objects
 
-from .conftest import PROJECT
+from .conftest import PROJECT, reference_model
 from .conftest import REHEARSAL as MAI2021
 from .test_phases import TEST_RELEASE, TRAIN, at, stage, upload
 
@@ -21,14 +23,18 @@ CH = load_challenge(MAI2021)
 @pytest.fixture(scope="module")
 def bag():
     """The DAGs of the date-shifted copy (dag.test re-parses the folder with this env)."""
-    from airflow.dag_processing.dagbag import DagBag
-
     before = os.environ["MAI_OPS_CHALLENGES_DIR"]
     os.environ["MAI_OPS_CHALLENGES_DIR"] = str(MAI2021.parent)
     try:
-        yield DagBag(dag_folder=str(PROJECT / "dags"))
+        yield _rehearsal_bag()
     finally:
         os.environ["MAI_OPS_CHALLENGES_DIR"] = before
+
+
+def _rehearsal_bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT / "dags"))
 
 
 def _state(dag_run) -> str:
@@ -62,13 +68,13 @@ def test_final_collection_then_scoring_with_a_rescore_form(
     upload(s3, "learned_isp", "cobalt")
     upload(s3, "depth", "borealis")
     final = bag.dags["mai2021__final_collection"]
-    assert _state(final.test(logical_date=at("final_deadline"))) == "success"
+    # The rehearsal's deadline is tomorrow: a freeze now is an early one, on purpose.
+    run = final.test(logical_date=at("final_deadline"), run_conf={"early_freeze": True})
+    assert _state(run) == "success"
     assert len(get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["frozen"]) == 3
 
     scoring = bag.dags["mai2021__scoring"]
     assert _state(scoring.test(run_conf={"track": "learned_isp", "team": "cobalt"})) == "success"
-    from mai_ops.infra.storage import list_objects
-
     scored = sorted(o["Key"] for o in list_objects(s3, CH.buckets.results, "scores/"))
     assert scored == ["scores/learned_isp/cobalt.json"]
     # Explicit conf: in-process dag.test keeps the previous run's params as defaults.
@@ -106,3 +112,114 @@ def test_without_catchup_past_events_are_not_run(bag):
         restriction=TimeRestriction(earliest=None, latest=None, catchup=False),
     )
     assert info is None  # all 2021 instants are in the past: nothing fires by surprise
+
+
+def _task_instances(run) -> dict[tuple[str, str | None], str]:
+    """(task id, its name in the grid) -> state, read back from the metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+            )
+        ).all()
+        return {
+            (ti.task_id, ti.rendered_map_index if ti.map_index >= 0 else None): str(ti.state)
+            for ti in rows
+        }
+
+
+def _summary(run) -> dict:
+    import json
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        value = session.scalars(
+            select(XComModel.value).where(
+                XComModel.dag_id == run.dag_id,
+                XComModel.run_id == run.run_id,
+                XComModel.task_id == "summarize_scores",
+            )
+        ).one()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def test_a_manual_final_collection_before_the_deadline_is_refused(
+    bag, airflow_db, s3, airflow_connections
+):
+    upload(s3, "depth", "borealis")
+    final = bag.dags["mai2021__final_collection"]
+    run = final.test(run_conf={"early_freeze": False, "refreeze": False})
+    assert _state(run) == "failed"
+    assert _task_instances(run)[("freeze_final_set", None)] == "failed"
+    assert list(list_objects(s3, CH.buckets.results, "frozen/")) == []
+    assert read_outbox(airflow_connections.folder) == []
+
+
+def test_scoring_tasks_are_named_by_team_and_a_participants_failure_is_skipped(
+    bag, airflow_db, s3, airflow_connections
+):
+    upload(s3, "learned_isp", "aurora")
+    upload(s3, "learned_isp", "cobalt", b"not a flatbuffer")
+    tasks.freeze_final(MAI2021)
+    run = bag.dags["mai2021__scoring"].test(run_conf={"track": "learned_isp", "team": None})
+    assert _state(run) == "success"
+    states = _task_instances(run)
+    assert states[("score_learned_isp", "aurora")] == "success"
+    assert states[("score_learned_isp", "cobalt: not_tflite")] == "skipped"
+    assert states[("summarize_scores", None)] == "success"
+    assert _summary(run)["failed"] == ["learned_isp/cobalt: not_tflite"]
+
+
+def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
+    bag, airflow_db, s3, airflow_connections, monkeypatch
+):
+    from mai_ops.devices.benchmark import BenchmarkError
+    from mai_ops.submissions import scoring
+    from mai_ops_airflow import dag_header
+
+    # No retries: a DAG bag parsed with these defaults (dag.test parses the files again).
+    monkeypatch.setitem(dag_header.DEFAULT_ARGS, "retries", 0)
+    monkeypatch.setitem(dag_header.DEFAULT_ARGS, "retry_delay", dt.timedelta(0))
+    dag = _rehearsal_bag().dags["mai2021__scoring"]
+
+    def phone_offline(*args, **kwargs):
+        raise BenchmarkError("device_offline", "no phone answers")
+
+    run_benchmark = scoring.run_benchmark
+    monkeypatch.setattr(scoring, "run_benchmark", phone_offline)
+    upload(s3, "depth", "borealis")
+    tasks.freeze_final(MAI2021)
+    when = at("final_deadline") + dt.timedelta(hours=1)
+    conf = {"track": "depth", "team": None, "rescore": False}
+    for _ in range(2):  # the second run clears the tasks and runs them again
+        run = dag.test(logical_date=when, run_conf=conf)
+        assert _state(run) == "failed"
+        states = _task_instances(run)
+        assert states[("score_depth", "borealis: benchmark_device_offline")] == "failed"
+        assert states[("summarize_scores", None)] == "upstream_failed"
+
+    monkeypatch.setattr(scoring, "run_benchmark", run_benchmark)  # the phone is back
+    run = dag.test(logical_date=when, run_conf=conf)  # clearing is the fix
+    assert _state(run) == "success"
+    assert _task_instances(run)[("score_depth", "borealis")] == "success"
+
+
+def test_validation_tasks_are_named_by_upload(bag, airflow_db, s3, airflow_connections):
+    from .test_validation import put_zip
+
+    put_zip(s3, "depth/validation/borealis/good.zip", {"model.tflite": reference_model("depth")})
+    put_zip(s3, "depth/validation/borealis/bad.zip", {"model.tflite": b"not a flatbuffer"})
+    run = bag.dags["mai2021__validation_uploads"].test()
+    assert _state(run) == "success"
+    states = _task_instances(run)
+    assert states[("validate_depth", "borealis/good.zip")] == "success"
+    assert states[("validate_depth", "borealis/bad.zip: not_tflite")] == "skipped"
+    replies = [m["Subject"] for m in read_outbox(airflow_connections.folder)]
+    assert len(replies) == 2
