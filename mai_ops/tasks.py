@@ -239,8 +239,8 @@ def summarize_scores(path, entries: list[dict], s3=None) -> dict:
         record = get_json(run.s3, results, key) if object_exists(run.s3, results, key) else None
         if record is None or record.get("sha256") != entry["sha256"]:
             unscored.append(f"{entry['track']}/{entry['team']}")
-        elif record["status"] != "verified":
-            failed.append(f"{entry['track']}/{entry['team']}: {record['error']['code']}")
+        elif record["status"] != "ok":
+            failed.append(f"{entry['track']}/{entry['team']}: {record['errors'][0]['code']}")
     return {"scored": len(entries) - len(unscored), "failed": failed, "unscored": unscored}
 
 

@@ -4,16 +4,14 @@
 - skipped (pink), labelled ``<team>: <code>`` in the grid: the participant's model
   failed (wrong shape, not a TFLite file, over quota...). It is recorded and answered;
   nobody needs to act;
-- failed (red): a failure on our side (a device offline, a crash of ours, storage
-  down, a frozen copy changed): an organizer fixes the cause and clears the task.
+- failed (red): a failure on our side (a code the registry in ``mai_ops.errors``
+  retries: a device offline, a crash of ours, a frozen copy changed; or storage down):
+  an organizer fixes the cause and clears the task.
 
 Imported by tasks at run time only.
 """
 
 from __future__ import annotations
-
-# Our side, yet clearing alone cannot fix it: someone must look at the stored copy.
-ORGANIZER_CODES = frozenset({"frozen_copy_changed"})
 
 
 class OurSideFailure(RuntimeError):
@@ -21,20 +19,17 @@ class OurSideFailure(RuntimeError):
 
 
 def failure_codes(record: dict) -> list[str]:
-    """The codes of a record that did not pass (validation: ``errors``; scoring: ``error``)."""
-    if record.get("status") in ("ok", "verified"):
+    """The codes of a record that did not pass (none for an ``ok`` record)."""
+    if record.get("status") == "ok":
         return []
-    codes = [e["code"] for e in record.get("errors") or []]
-    if record.get("error"):
-        codes.append(record["error"]["code"])
-    return codes or ["failed"]
+    return [e["code"] for e in record.get("errors") or []] or ["internal_error"]
 
 
 def is_ours(codes: list[str]) -> bool:
-    """Whether any of the codes is a failure of ours, one that clearing the task retries."""
-    from mai_ops.submissions.validation import RETRYABLE_CODES
+    """Whether a failure is ours: a code the registry retries, or one it does not know."""
+    from mai_ops.errors import CODES
 
-    return any(c in RETRYABLE_CODES or c in ORGANIZER_CODES for c in codes)
+    return any(code not in CODES or CODES[code].retry for code in codes)
 
 
 def upload_label(key: str) -> str:
@@ -50,9 +45,7 @@ def settle(record: dict, label_key: str) -> dict:
     failure's code is appended to it, so the grid reads "cobalt: not_tflite".
     """
     from airflow.sdk import get_current_context
-    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-    from mai_ops.submissions.validation import RETRYABLE_CODES
+    from airflow.sdk.exceptions import AirflowSkipException
 
     codes = failure_codes(record)
     if not codes:
@@ -60,8 +53,6 @@ def settle(record: dict, label_key: str) -> dict:
     context = get_current_context()
     label = f"{context.get(label_key) or ''}: {codes[0]}".lstrip(": ")
     context[label_key] = label
-    if any(c in RETRYABLE_CODES for c in codes):
-        raise OurSideFailure(f"{label}: a failure on our side; clear the task once it is fixed")
     if is_ours(codes):
-        raise AirflowFailException(f"{label}: an organizer must look at this submission")
+        raise OurSideFailure(f"{label}: a failure on our side; clear the task once it is fixed")
     raise AirflowSkipException(f"{label}: the participant's model failed; recorded and answered")

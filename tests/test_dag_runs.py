@@ -180,8 +180,7 @@ def test_scoring_tasks_are_named_by_team_and_a_participants_failure_is_skipped(
 def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
     bag, airflow_db, s3, airflow_connections, monkeypatch
 ):
-    from mai_ops.devices.benchmark import BenchmarkError
-    from mai_ops.submissions import scoring
+    from mai_ops.devices import benchmark
     from mai_ops_airflow import dag_header
 
     # No retries: a DAG bag parsed with these defaults (dag.test parses the files again).
@@ -190,10 +189,10 @@ def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
     dag = _rehearsal_bag().dags["mai2021__scoring"]
 
     def phone_offline(*args, **kwargs):
-        raise BenchmarkError("device_offline", "no phone answers")
+        raise benchmark.BenchmarkError("benchmark_device_offline", "no phone answers")
 
-    run_benchmark = scoring.run_benchmark
-    monkeypatch.setattr(scoring, "run_benchmark", phone_offline)
+    run_benchmark = benchmark.run_benchmark
+    monkeypatch.setattr(benchmark, "run_benchmark", phone_offline)
     upload(s3, "depth", "borealis")
     tasks.freeze_final(MAI2021)
     when = at("final_deadline") + dt.timedelta(hours=1)
@@ -205,7 +204,7 @@ def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
         assert states[("score_depth", "borealis: benchmark_device_offline")] == "failed"
         assert states[("summarize_scores", None)] == "upstream_failed"
 
-    monkeypatch.setattr(scoring, "run_benchmark", run_benchmark)  # the phone is back
+    monkeypatch.setattr(benchmark, "run_benchmark", run_benchmark)  # the phone is back
     run = dag.test(logical_date=when, run_conf=conf)  # clearing is the fix
     assert _state(run) == "success"
     assert _task_instances(run)[("score_depth", "borealis")] == "success"
