@@ -25,6 +25,7 @@ from airflow.timetables.events import EventsTimetable
 
 from mai_ops.challenge.config import Challenge, Problem, challenge_files, read_challenge
 from mai_ops.challenge.timeline import dag_id, dag_phase_of, phase_instants
+from mai_ops.infra.layout import FROZEN_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def frozen_final_set(challenge: Challenge) -> Asset:
     # boto3 at parse time (+0.5 s per parse). The location travels in `extra`.
     return Asset(
         name=f"{challenge.id}_frozen_final_set",
-        extra={"location": f"s3://{challenge.buckets.results}/frozen/manifest.json"},
+        extra={"location": f"s3://{challenge.buckets.results}/{FROZEN_MANIFEST}"},
     )
 
 
