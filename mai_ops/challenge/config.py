@@ -304,7 +304,12 @@ def read_challenge(path: str | Path) -> tuple[Challenge | None, list[Problem]]:
     return challenge, semantic_problems(challenge, name)
 
 
-class _DatesAsTextLoader(yaml.SafeLoader):
+# libyaml's safe loader when PyYAML was built with it: the DAG files parse every
+# challenge file, and the pure-Python loader is most of that time.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _DatesAsTextLoader(_SafeLoader):
     """Safe YAML that keeps dates as text, so 2021-02-30 is reported, not a crash.
 
     PyYAML turns an unquoted date into ``datetime.date`` and raises a bare ValueError
