@@ -228,8 +228,8 @@ def score_submission(path, entry, force=False, s3=None) -> dict:
 
 def summarize_scores(path, entries: list[dict], s3=None) -> dict:
     """How the scored entries stand, from their stored records: counts and every failure."""
+    from mai_ops.infra.layout import score_key
     from mai_ops.infra.storage import get_json, object_exists
-    from mai_ops.submissions.scoring import score_key
 
     run = PhaseRun.open(path, s3)
     results = run.challenge.buckets.results
