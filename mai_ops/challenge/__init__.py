@@ -1,1 +1,1 @@
-"""TODO"""
+"""The challenge: its file schema, dates, timeline, participants and score formulas."""

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Participants' models: TFLite checks, conversion, fidelity, metrics, and their children."""

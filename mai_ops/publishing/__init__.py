@@ -1,1 +1,1 @@
-"""TODO"""
+"""What participants receive from us: data releases with checksums and download links."""

@@ -1,1 +1,1 @@
-"""TODO"""
+"""Submissions: intake rules, unpacking, the evaluation unit, validation, final set, scoring."""
