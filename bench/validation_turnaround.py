@@ -201,6 +201,24 @@ def sequential(s3, outbox: Path, model: bytes, args) -> int:
     return 0 if met else 1
 
 
+def task_breakdown(port: int) -> None:
+    """Where the burst's time went: the validation runs and their tasks, from the REST API."""
+    dag = "turnaround__validation_uploads"
+    url = f"http://127.0.0.1:{port}/api/v2/dags/{dag}/dagRuns/~/taskInstances?limit=1000"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        tis = json.load(resp)["task_instances"]
+    runs = {ti["dag_run_id"] for ti in tis}
+    print(f"  {len(runs)} validation runs, {len(tis)} task instances")
+    for prefix in ("collect_", "validate_"):
+        done = [ti for ti in tis if ti["task_id"].startswith(prefix) and ti.get("duration")]
+        if done:
+            total = sum(ti["duration"] for ti in done)
+            print(
+                f"  {prefix}*: {len(done)} done, {total:.1f} s in all, "
+                f"mean {total / len(done):.2f} s, max {max(ti['duration'] for ti in done):.2f} s"
+            )
+
+
 def burst(s3, outbox: Path, model: bytes, args, warmup: int) -> int:
     from mai_ops.infra.layout import upload_record_key
     from mai_ops.infra.storage import get_json
@@ -249,6 +267,7 @@ def burst(s3, outbox: Path, model: bytes, args, warmup: int) -> int:
         f"{limit:.1f} uploads/min; {span / len(bodies):.2f} s per upload, "
         f"{span / device if device else float('inf'):.1f}x the floor"
     )
+    task_breakdown(args.port)
     met = p95 <= BURST_TARGET_P95 and span <= BURST_TARGET_RATIO * device
     print(
         f"  targets p95 <= {BURST_TARGET_P95:.0f} s and within {BURST_TARGET_RATIO}x the floor: "
@@ -288,6 +307,7 @@ def main() -> int:
                     return 1
                 time.sleep(2)
             s3 = s3_client(f"http://127.0.0.1:{s3_port}")
+            args.port = port
             if args.burst:
                 warmup = Device.model_validate(spec["devices"][0]).warmup
                 return burst(s3, home / "outbox", model, args, warmup)
