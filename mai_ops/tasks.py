@@ -292,6 +292,24 @@ def validate_upload(path, key, s3=None, send=None) -> dict:
     team = next((t for t in run.teams if t.team_id == record.get("team")), None)
     if team is not None:
         run.deliver([upload_reply(run.challenge, team, record)])
+        log_team_history(run, team.team_id)
     else:
         log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
     return {k: record[k] for k in ("key", "status", "errors", "score")}
+
+
+def log_team_history(run: PhaseRun, team_id: str) -> None:
+    """The team's history (``mai-ops history``) into the task log; never fails the task.
+
+    It only reads stored records and markers, after the answer is stored and sent, so a
+    storage hiccup here costs a warning in the log, not a retry of the upload.
+    """
+    from mai_ops.submissions.history import render_history, team_history
+
+    try:
+        entries = team_history(run.s3, run.challenge, team_id)
+    except Exception as exc:  # the upload is answered: the history is a courtesy
+        log.warning("history of team %s not shown: %s: %s", team_id, type(exc).__name__, exc)
+        return
+    for line in render_history(entries, team_id, run.challenge.id):
+        log.info("%s", line)

@@ -99,6 +99,10 @@ def test_the_stored_key_strings():
     assert layout.notice_marker_key("mai2021/reminder/k/borealis") == (
         "notifications/mai2021/reminder/k/borealis.json"
     )
+    marker = layout.notice_marker_key("mai2021/upload/d/validation/b/a.zip/e1/ok")
+    assert marker.startswith(layout.notice_markers_prefix("mai2021/upload/d/validation/b/a.zip/e1"))
+    assert layout.notice_markers_prefix("mai2021/x") == "notifications/mai2021/x/"
+    assert layout.parse_notice_marker_key(marker) == "mai2021/upload/d/validation/b/a.zip/e1/ok"
     assert (layout.PRELIMINARY_JSON, layout.PRELIMINARY_CSV) == (
         "results/preliminary.json",
         "results/preliminary.csv",

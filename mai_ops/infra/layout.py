@@ -138,6 +138,16 @@ def notice_marker_key(notice_key: str) -> str:
     return f"{NOTICE_MARKERS}{notice_key}.json"
 
 
+def notice_markers_prefix(notice_prefix: str) -> str:
+    """The sent-markers of every notice whose key starts with ``<notice_prefix>/``."""
+    return f"{NOTICE_MARKERS}{notice_prefix}/"
+
+
+def parse_notice_marker_key(key: str) -> str:
+    """The notice key of a marker key written by :func:`notice_marker_key`."""
+    return key[len(NOTICE_MARKERS) : -len(".json")]
+
+
 # --- organizers' bucket -----------------------------------------------------------------
 
 

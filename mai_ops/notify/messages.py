@@ -131,6 +131,15 @@ def _model_lines(checks: dict) -> list[str]:
     return lines
 
 
+def upload_notice_prefix(challenge_id: str, upload_key: str, etag: str) -> str:
+    """What the keys of every reply about one stored version of an upload start with.
+
+    A reply's key is ``<prefix>/<status>``: one email per outcome of that version.
+    """
+    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in upload_key)
+    return f"{challenge_id}/upload/{key}/{etag}"
+
+
 def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
     """The email a team gets for one upload: the verdict, the reasons, the numbers."""
     lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
@@ -151,16 +160,21 @@ def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
         lines.append(f"Note: {note}")
     if record["status"] != "ok":
         lines += ["", "Failed and rejected uploads do not count towards your limits."]
-    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in record["key"])
     # One email per outcome of one stored version: a re-run with the same outcome
     # sends nothing, a cleared task that now succeeds tells the team.
-    key = f"{key}/{record['etag']}/{record['status']}"
+    prefix = upload_notice_prefix(challenge.id, record["key"], record["etag"])
     return Notice(
-        key=f"{challenge.id}/upload/{key}",
+        key=f"{prefix}/{record['status']}",
         to=team.email,
         subject=f"[{challenge.title}] {record['track']}: upload {record['status']}",
         body="\n".join(lines) + "\n",
     )
+
+
+def receipt_notice_key(challenge_id: str, team_id: str, early: bool = False) -> str:
+    """The key of a team's final receipt; an early freeze's receipt has its own."""
+    kind = "final_receipt_early" if early else "final_receipt"
+    return f"{challenge_id}/{kind}/{team_id}"
 
 
 def receipt_notices(
@@ -179,10 +193,8 @@ def receipt_notices(
             "frozen again at the deadline with your latest upload by then, and you will "
             "get a new receipt. Frozen for scoring now:"
         )
-        kind = "final_receipt_early"
     else:
         opening = "The final submission deadline has passed. Frozen for scoring:"
-        kind = "final_receipt"
     notices = []
     for team in teams:
         mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
@@ -195,13 +207,17 @@ def receipt_notices(
         lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
         notices.append(
             Notice(
-                key=f"{challenge.id}/{kind}/{team.team_id}",
+                key=receipt_notice_key(challenge.id, team.team_id, early),
                 to=team.email,
                 subject=f"[{challenge.title}] Final submission receipt",
                 body=f"Dear {team.name},\n\n{opening}\n\n" + "\n".join(lines) + "\n",
             )
         )
     return notices
+
+
+def preliminary_results_notice_key(challenge_id: str, team_id: str) -> str:
+    return f"{challenge_id}/preliminary_results/{team_id}"
 
 
 def preliminary_results_notices(
@@ -216,7 +232,7 @@ def preliminary_results_notices(
         lines = "\n".join(f"- {r['track']}: {r['status']}" for r in mine)
         notices.append(
             Notice(
-                key=f"{challenge.id}/preliminary_results/{t.team_id}",
+                key=preliminary_results_notice_key(challenge.id, t.team_id),
                 to=t.email,
                 subject=f"[{challenge.title}] Preliminary test results",
                 body=f"Dear {t.name},\n\nYour preliminary results:\n\n{lines}\n",
