@@ -2,7 +2,9 @@
 
 Uploads go to the submissions bucket as participants make them; each is judged,
 checked, benchmarked and scored, and answered by email exactly once, whatever
-else is in the same batch.
+else is in the same batch. A final-phase upload is acknowledged with its pre-check
+(the checks, no benchmark or score) and leaves the validation quota and the freeze
+as they were.
 """
 
 from __future__ import annotations
