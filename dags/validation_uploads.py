@@ -7,6 +7,13 @@ asset watcher on the uploads queue) and every 10 minutes as a sweep for anything
 missed. Per track, one mapped task per upload, named `<team>/<file>`, in the track's
 device pool.
 
+Final-phase uploads (`<track>/final/<team>/`) are answered too, with a pre-check: the
+intake rules that apply (no quota, no duplicate refusal: a team uploads its final as
+often as it likes until the deadline), archive and model checks, then an email saying
+it was received (server time, sha256), how the pre-check went, and that the last upload
+received by the deadline is frozen and scored whatever its pre-check says. No benchmark,
+no score, no effect on the validation quota; final collection and scoring are unchanged.
+
 Green: answered. Skipped, labelled `<team>/<file>: <code>`: the participant's upload
 failed a rule or a check; they got the reason by email. Red: a failure on our side
 (device offline, a crash): fix it and clear the task; the team hears the new outcome.

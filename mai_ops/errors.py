@@ -59,9 +59,12 @@ _ALL = [
         late="uploaded after the final deadline (server timestamp)",
         not_zip_name="the file name does not end with .zip",
         upload_too_large="the upload is larger than the archive size limit",
-        duplicate="identical (sha256) to an earlier upload whose checks ran",
-        over_total_limit="the team used all its submissions for this track and phase",
-        over_daily_limit="the team used all its submissions for this track and phase today (UTC)",
+        duplicate="identical (sha256) to an earlier validation upload whose checks ran "
+        "(final uploads are never refused as duplicates)",
+        over_total_limit="the team used all its validation submissions for this track "
+        "(final uploads have no limit)",
+        over_daily_limit="the team used all its validation submissions for this track today "
+        "(UTC; final uploads have no limit)",
     ),
     *_codes(
         "integrity",

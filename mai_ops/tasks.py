@@ -284,7 +284,11 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str
 
 
 def validate_upload(path, key, s3=None, send=None) -> dict:
-    """One upload, start to answer: its record, and the reply email to its team."""
+    """One upload, start to answer: its record, and the reply email to its team.
+
+    A final-phase upload gets its pre-check and an acknowledgement (no benchmark, no
+    score); ``precheck_status`` in the result says how the pre-check went.
+    """
     from mai_ops.submissions.validation import process_upload
 
     run = PhaseRun.open(path, s3, send)
@@ -295,7 +299,9 @@ def validate_upload(path, key, s3=None, send=None) -> dict:
         log_team_history(run, team.team_id)
     else:
         log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
-    return {k: record[k] for k in ("key", "status", "errors", "score")}
+    return {k: record[k] for k in ("key", "status", "errors", "score")} | {
+        "precheck_status": record.get("precheck_status")
+    }
 
 
 def log_team_history(run: PhaseRun, team_id: str) -> None:

@@ -260,11 +260,51 @@ def test_uploads_at_the_same_instant_are_ordered_by_key():
     assert judge(up(key="learned_isp/validation/aurora/c.zip"), same)
 
 
-def test_final_phase_has_its_own_quota():
-    spent = [past(TEST_DATA + minutes(m), phase="final") for m in range(5)]
-    upload = up(key="learned_isp/final/aurora/s.zip", at=TEST_DATA + minutes(10))
-    assert code_of(upload, spent) == "over_daily_limit"
-    assert judge(up(at=TEST_DATA + minutes(10)), spent)  # validation is untouched
+def test_final_uploads_have_no_quota_and_do_not_touch_the_validation_quota():
+    final = "learned_isp/final/aurora/s.zip"
+    many = [
+        past(TEST_DATA + dt.timedelta(days=d, minutes=m), phase="final")
+        for d in range(3)
+        for m in range(40)
+    ]  # over the daily and the total limit, had they counted
+    assert judge(up(key=final, at=TEST_DATA + dt.timedelta(days=3)), many)
+    assert judge(up(at=TEST_DATA + dt.timedelta(days=3)), many)  # validation is untouched
+    five = [past(TEST_DATA + minutes(m)) for m in range(5)]  # the validation day is spent
+    assert code_of(up(at=TEST_DATA + minutes(10)), five) == "over_daily_limit"
+    assert judge(up(key=final, at=TEST_DATA + minutes(10)), five)
+
+
+@pytest.mark.parametrize("status", ["ok", "failed"])
+def test_a_final_upload_is_never_a_duplicate(status):
+    final = "learned_isp/final/aurora/again.zip"
+    prev = past(TEST_DATA, status, phase="final", sha="c" * 64)
+    assert judge(up(key=final, at=TEST_DATA + minutes(5), sha="c" * 64), [prev])
+
+
+@pytest.mark.parametrize(
+    "upload, code",
+    [
+        pytest.param(
+            up(key="learned_isp/final/aurora/s.zip", at=TEST_DATA - minutes(1)),
+            "phase_not_open",
+            id="before-test-data",
+        ),
+        pytest.param(
+            up(key="learned_isp/final/aurora/s.zip", at=DEADLINE + minutes(1)), "late", id="late"
+        ),
+        pytest.param(
+            up(key="learned_isp/final/aurora/s.tflite", at=TEST_DATA), "not_zip_name", id="name"
+        ),
+        pytest.param(
+            up(key="learned_isp/final/aurora/s.zip", at=TEST_DATA, size=3 * 1024**3),
+            "upload_too_large",
+            id="size",
+        ),
+        pytest.param(up(key="depth/final/aurora/s.zip", at=TEST_DATA), "not_registered", id="reg"),
+    ],
+)
+def test_the_other_rules_apply_to_final_uploads(upload, code):
+    assert code_of(upload) == code
 
 
 # --- duplicates ------------------------------------------------------------------------------

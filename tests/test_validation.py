@@ -2,11 +2,16 @@
 
 Uploads go to the submissions bucket as participants make them; each is judged,
 checked, benchmarked and scored, and answered by email exactly once, whatever
-else is in the same batch.
+else is in the same batch. A final-phase upload is acknowledged with its pre-check
+(the checks, no benchmark or score) and leaves the validation quota and the freeze
+as they were.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import html
 import io
 import zipfile
 
@@ -18,6 +23,7 @@ from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
 from mai_ops.infra.layout import upload_record_key as record_key
 from mai_ops.infra.storage import get_json
+from mai_ops.submissions.intake import final_deadline, utc_and_local
 from mai_ops.submissions.validation import pending_uploads
 
 from .conftest import REHEARSAL as MAI2021
@@ -120,7 +126,7 @@ def test_announced_and_swept_uploads_are_merged_oldest_first(s3, airflow_connect
     model = reference_model("depth")
     put_zip(s3, "depth/validation/borealis/first-missed.zip", {"model.tflite": model})
     put_zip(s3, "depth/validation/borealis/then-announced.zip", {"model.tflite": model})
-    put_zip(s3, "depth/final/borealis/final.zip", {"model.tflite": model})  # frozen later
+    put_zip(s3, "depth/final/borealis/final.zip", {"model.tflite": model})  # pre-checked too
     # The shape Airflow stores a trigger event in: the payload under "payload".
     payload = {
         "uploads": [
@@ -131,10 +137,21 @@ def test_announced_and_swept_uploads_are_merged_oldest_first(s3, airflow_connect
         ]
     }
     lanes = tasks.collect_uploads(MAI2021, [{"from_trigger": True, "payload": payload}], s3=s3)
-    assert lanes["depth"] == [
+    assert [k for k in lanes["depth"] if "/validation/" in k] == [
         "depth/validation/borealis/first-missed.zip",
         "depth/validation/borealis/then-announced.zip",
     ]
+    # The final upload is in the same lane, at its place in time (the storage server's
+    # timestamps have whole seconds: within one second, the key decides).
+    assert sorted(lanes["depth"]) == sorted(
+        [
+            "depth/final/borealis/final.zip",
+            "depth/validation/borealis/first-missed.zip",
+            "depth/validation/borealis/then-announced.zip",
+        ]
+    )
+    times = {u["key"]: u["uploaded_at"] for u in pending_uploads(s3, CH)}
+    assert lanes["depth"] == sorted(lanes["depth"], key=lambda k: (times[k], k))
 
 
 def test_a_backlog_is_answered_in_bounded_runs(s3, airflow_connections, monkeypatch):
@@ -272,3 +289,166 @@ def test_a_submission_failure_is_final_even_when_cleared(s3, airflow_connections
     first = tasks.validate_upload(MAI2021, key)
     assert tasks.validate_upload(MAI2021, key) == first
     assert len(read_outbox(airflow_connections.folder)) == 1
+
+
+# --- final-phase uploads: acknowledged and pre-checked on arrival -----------------------
+
+
+def stored(s3, key: str) -> dict:
+    etag = s3.head_object(Bucket=CH.buckets.submissions, Key=key)["ETag"]
+    return get_json(s3, CH.buckets.results, record_key(key, etag))
+
+
+def plain(mail) -> str:
+    """The email's text as the team reads it (it is sent as HTML)."""
+    return html.unescape(mail.get_body().get_content())
+
+
+def sha256_of(s3, key: str) -> str:
+    body = s3.get_object(Bucket=CH.buckets.submissions, Key=key)["Body"].read()
+    return hashlib.sha256(body).hexdigest()
+
+
+def test_a_good_final_upload_is_acknowledged_pre_checked_and_not_scored(s3, airflow_connections):
+    key = "depth/final/borealis/final.zip"
+    put_zip(s3, key, {"model.tflite": reference_model("depth"), "readme.txt": b"ours"})
+    result = process_all(s3)[key]
+    assert result["status"] == "ok" and result["precheck_status"] == "passed"
+    record = stored(s3, key)
+    assert record["precheck"] is True and record["precheck_status"] == "passed"
+    assert (record["track"], record["phase"], record["team"]) == ("depth", "final", "borealis")
+    assert record["stages"] == ["unpack", "check"]  # and nothing after
+    assert record["runtime"] is None and record["runtime_ms"] is None
+    assert record["metrics"] is None and record["score"] is None and record["device"] is None
+    assert record["checks"]["model"]["inputs"][0]["shape"] == [1, 480, 640, 3]
+
+    (mail,) = read_outbox(airflow_connections.folder)
+    assert mail["Subject"] == f"[{CH.title}] depth: final submission received, pre-check passed"
+    body = plain(mail)
+    uploaded = dt.datetime.fromisoformat(record["uploaded_at"])
+    assert f"received by the server at {utc_and_local(uploaded, CH)}" in body
+    assert f"sha256 {sha256_of(s3, key)}" in body
+    assert "Pre-check PASSED" in body and "not benchmarked or scored now" in body
+    assert f"frozen at the deadline, {utc_and_local(final_deadline(CH), CH)}" in body
+    assert "UTC (" in body and "America/Los_Angeles" in body
+    assert "The LAST upload to depth/final/borealis/" in body
+    assert "whatever its pre-check says" in body
+    assert "no limit on final uploads" in body
+    assert "Runtime" not in body and "Score" not in body
+    assert "no fact sheet" in body  # the checks' notes, for the final submission
+    assert pending_uploads(s3, CH) == []
+
+
+@pytest.mark.parametrize(
+    "members, code",
+    [
+        pytest.param({"model.tflite": b"not a flatbuffer"}, "not_tflite", id="not-tflite"),
+        pytest.param({"readme.txt": b"forgot the model"}, "missing_model", id="no-model"),
+    ],
+)
+def test_a_broken_final_upload_gets_its_failure_codes_before_the_deadline(
+    s3, airflow_connections, members, code
+):
+    key = "depth/final/borealis/broken.zip"
+    put_zip(s3, key, members)
+    result = tasks.validate_upload(MAI2021, key)
+    assert result["status"] == "failed" and result["precheck_status"] == "failed"
+    assert [e["code"] for e in result["errors"]] == [code]
+    assert "check" not in stored(s3, key)["stages"]
+    (mail,) = read_outbox(airflow_connections.folder)
+    assert mail["Subject"].endswith("depth: final submission received, pre-check FAILED")
+    body = plain(mail)
+    assert f"- [{code}] {result['errors'][0]['message']}" in body
+    assert "upload again before the deadline" in body
+    assert "whatever its pre-check says" in body
+
+
+def test_every_final_upload_is_acknowledged_and_the_validation_quota_is_untouched(
+    s3, airflow_connections
+):
+    model = reference_model("depth")
+    limit = CH.track("depth").limits.per_day
+    keys = [f"depth/final/borealis/v{i}.zip" for i in range(limit + 2)]
+    for key in keys[:-1]:
+        put_zip(s3, key, {"model.tflite": model, "readme.txt": key.encode()})
+    same = s3.get_object(Bucket=CH.buckets.submissions, Key=keys[0])["Body"].read()
+    s3.put_object(Bucket=CH.buckets.submissions, Key=keys[-1], Body=same)  # the same bytes
+    results = process_all(s3)
+    assert {k: (r["status"], r["precheck_status"]) for k, r in results.items()} == {
+        k: ("ok", "passed") for k in keys
+    }  # over the daily limit, a duplicate: no refusal for final uploads
+    mails = read_outbox(airflow_connections.folder)
+    assert len(mails) == len(keys)
+    assert all("final submission received, pre-check passed" in m["Subject"] for m in mails)
+    for key in keys:
+        assert "Pre-check PASSED" in mail_for(airflow_connections.folder, key)
+
+    # The team's validation quota for the day is whole: its first validation upload is
+    # judged on its merits, benchmarked, and the only one the validation count sees.
+    put_zip(s3, "depth/validation/borealis/after-finals.zip", {"model.tflite": model})
+    record = process_all(s3)["depth/validation/borealis/after-finals.zip"]
+    assert record["status"] == "ok", record["errors"]
+    assert record["precheck_status"] is None
+    full = stored(s3, "depth/validation/borealis/after-finals.zip")
+    assert full["runtime"] is not None and "benchmark" in full["stages"]
+
+
+def test_a_rerun_sends_no_acknowledgement_twice(s3, airflow_connections):
+    put_zip(s3, "depth/final/borealis/good.zip", {"model.tflite": reference_model("depth")})
+    put_zip(s3, "depth/final/borealis/bad.zip", {"model.tflite": b"garbage"})
+    first = process_all(s3)
+    records = {k: stored(s3, k) for k in first}
+    assert process_all(s3) == {}  # the sweep finds nothing left
+    for key in first:  # an organizer clears each task
+        assert tasks.validate_upload(MAI2021, key) == first[key]
+        assert stored(s3, key) == records[key]
+    assert len(read_outbox(airflow_connections.folder)) == 2
+
+
+def test_the_freeze_takes_the_last_final_upload_in_time_whatever_its_pre_check(
+    s3, airflow_connections
+):
+    first, last = "depth/final/borealis/v1-good.zip", "depth/final/borealis/v2-broken.zip"
+    put_zip(s3, first, {"model.tflite": reference_model("depth")})
+    assert tasks.validate_upload(MAI2021, first)["precheck_status"] == "passed"
+    put_zip(s3, last, {"model.tflite": b"not a flatbuffer"})
+    assert tasks.validate_upload(MAI2021, last)["precheck_status"] == "failed"
+
+    tasks.freeze_final(MAI2021)
+    (entry,) = tasks.list_frozen(MAI2021)
+    assert entry["source"] == last and entry["sha256"] == sha256_of(s3, last)
+    scored = tasks.score_submission(MAI2021, entry)  # evaluated fully, from the frozen copy
+    assert scored["status"] == "failed" and scored["errors"][0]["code"] == "not_tflite"
+    assert scored["stages"] == ["integrity", "unpack"] and scored["precheck"] is False
+
+    # Fixed before the deadline: the fix is what the freeze at the deadline takes.
+    fixed = "depth/final/borealis/v3-fixed.zip"
+    put_zip(s3, fixed, {"model.tflite": reference_model("depth")})
+    assert tasks.validate_upload(MAI2021, fixed)["precheck_status"] == "passed"
+    tasks.freeze_final(MAI2021, refreeze=True)
+    (entry,) = tasks.list_frozen(MAI2021)
+    assert entry["source"] == fixed
+    scored = tasks.score_submission(MAI2021, entry)
+    assert scored["status"] == "ok" and "benchmark" in scored["stages"]
+
+
+def test_a_late_final_upload_is_told_it_is_not_in_the_final_set(s3, airflow_connections, tmp_path):
+    from mai_ops.dev.demo import rehearsal_copy
+
+    from .conftest import MAI2021 as SOURCE
+
+    # The same challenge, its final deadline two days ago.
+    closed = rehearsal_copy(SOURCE, tmp_path, today=dt.date.today() - dt.timedelta(days=3))
+    key = "depth/final/borealis/too-late.zip"
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})
+    result = tasks.validate_upload(closed, key)
+    assert result["status"] == "rejected" and result["precheck_status"] == "rejected"
+    assert [e["code"] for e in result["errors"]] == ["late"]
+    (mail,) = read_outbox(airflow_connections.folder)
+    assert mail["Subject"].endswith("depth: final submission REJECTED")
+    body = plain(mail)
+    assert "- [late] uploaded at" in body
+    assert "arrived after the deadline: it is not part of the final set" in body
+    tasks.freeze_final(closed)
+    manifest = get_json(s3, CH.buckets.results, "frozen/manifest.json")
+    assert manifest["frozen"] == [] and manifest["rejected"][0]["key"] == key

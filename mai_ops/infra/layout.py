@@ -71,7 +71,7 @@ def upload_track(key: str) -> str:
 
 
 def is_final_upload(key: str) -> bool:
-    """Under ``<track>/final/``: frozen at the deadline, not answered by the validation server."""
+    """Under ``<track>/final/``: pre-checked on arrival, the last one in time frozen."""
     parts = key.split("/")
     return len(parts) > 1 and parts[1] == FINAL_PHASE
 

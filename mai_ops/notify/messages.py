@@ -7,7 +7,8 @@ The notice key says what the email is about, never when it was sent.
 - :func:`event_notices`: an event happened (validation server online, workshop).
 - :func:`reminder_notices`: an event is some days away.
 - :func:`release_notices`: data released, with download links.
-- :func:`upload_reply`: the verdict on one validation upload.
+- :func:`upload_reply`: the verdict on one validation upload, or the acknowledgement
+  and pre-check of one final upload.
 - :func:`receipt_notices`: what was frozen for scoring at the final deadline.
 - :func:`preliminary_results_notices`: the team's preliminary results.
 """
@@ -22,6 +23,7 @@ from mai_ops.challenge.timeline import Reminder, event_instant
 from mai_ops.infra.layout import final_upload_team
 from mai_ops.notify.ledger import Notice
 from mai_ops.submissions.evaluation import runtime_ms
+from mai_ops.submissions.intake import final_deadline, utc_and_local
 
 
 def _when(challenge: Challenge, event: Event) -> str:
@@ -141,7 +143,27 @@ def upload_notice_prefix(challenge_id: str, upload_key: str, etag: str) -> str:
 
 
 def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
-    """The email a team gets for one upload: the verdict, the reasons, the numbers."""
+    """The email a team gets for one upload: the verdict, the reasons, the numbers.
+
+    A final-phase upload's record (``precheck``) gets the acknowledgement of
+    :func:`_precheck_reply` instead: received, pre-checked, what the freeze will take.
+    """
+    if record.get("precheck"):
+        subject, lines = _precheck_reply(challenge, team, record)
+    else:
+        subject, lines = _validation_reply(team, record)
+    # One email per outcome of one stored version: a re-run with the same outcome
+    # sends nothing, a cleared task that now succeeds tells the team.
+    prefix = upload_notice_prefix(challenge.id, record["key"], record["etag"])
+    return Notice(
+        key=f"{prefix}/{record['status']}",
+        to=team.email,
+        subject=f"[{challenge.title}] {record['track']}: {subject}",
+        body="\n".join(lines) + "\n",
+    )
+
+
+def _validation_reply(team: Team, record: dict) -> tuple[str, list[str]]:
     lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
     digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
     lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
@@ -160,15 +182,62 @@ def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
         lines.append(f"Note: {note}")
     if record["status"] != "ok":
         lines += ["", "Failed and rejected uploads do not count towards your limits."]
-    # One email per outcome of one stored version: a re-run with the same outcome
-    # sends nothing, a cleared task that now succeeds tells the team.
-    prefix = upload_notice_prefix(challenge.id, record["key"], record["etag"])
-    return Notice(
-        key=f"{prefix}/{record['status']}",
-        to=team.email,
-        subject=f"[{challenge.title}] {record['track']}: upload {record['status']}",
-        body="\n".join(lines) + "\n",
-    )
+    return f"upload {record['status']}", lines
+
+
+_PRECHECK = {  # status: (subject, verdict)
+    "ok": (
+        "final submission received, pre-check passed",
+        "Pre-check PASSED: the archive and the model pass the same checks as a "
+        "validation upload. Final submissions are not benchmarked or scored now: that "
+        "happens after the deadline, on the frozen set.",
+    ),
+    "failed": (
+        "final submission received, pre-check FAILED",
+        "Pre-check FAILED: as it is, this submission would fail at scoring. Fix the "
+        "problems below and upload again before the deadline:",
+    ),
+    "rejected": (
+        "final submission REJECTED",
+        "REJECTED by the upload rules:",
+    ),
+}
+
+
+def _precheck_reply(challenge: Challenge, team: Team, record: dict) -> tuple[str, list[str]]:
+    """Final submission received (server time, sha256), the pre-check, and the freeze."""
+    received = utc_and_local(dt.datetime.fromisoformat(record["uploaded_at"]), challenge)
+    lines = [
+        f"Dear {team.name},",
+        "",
+        f"Your final submission {record['key']}",
+        f"was received by the server at {received}",
+    ]
+    if record.get("sha256"):
+        lines.append(f"with sha256 {record['sha256']}")
+    subject, verdict = _PRECHECK[record["status"]]
+    lines += ["", verdict, ""]
+    for error in record["errors"]:
+        lines.append(f"- [{error['code']}] {error['message']}")
+    lines += _model_lines(record.get("checks") or {})
+    for note in record.get("notes", []):
+        lines.append(f"Note: {note}")
+    deadline = final_deadline(challenge)
+    if deadline is None:
+        when = "the final deadline (its date is not fixed yet)"
+    else:
+        when = f"the deadline, {utc_and_local(deadline, challenge)}"
+    folder = "/".join(record["key"].split("/")[:3]) + "/"
+    lines += [""]
+    if any(e["code"] == "late" for e in record["errors"]):
+        lines += ["This upload arrived after the deadline: it is not part of the final set."]
+    lines += [
+        f"The final set is frozen at {when}. The LAST upload to {folder} that the server "
+        "received by then is the one scored, whatever its pre-check says.",
+        "There is no limit on final uploads: you may upload as often as you like until "
+        "the deadline; each one is acknowledged like this.",
+    ]
+    return subject, lines
 
 
 def receipt_notice_key(challenge_id: str, team_id: str, early: bool = False) -> str:

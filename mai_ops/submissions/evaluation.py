@@ -2,8 +2,9 @@
 
 The validation server and final scoring both call :func:`evaluate`; they differ only
 in what they hand it (the upload or the frozen copy with its expected sha256, the
-validation data or none) and in what they do with the :class:`Evaluation` record.
-The stages run in a fixed order, one short function each:
+validation data or none, the pre-check of a final upload or everything) and in what
+they do with the :class:`Evaluation` record. The stages run in a fixed order, one
+short function each:
 
 1. ``integrity``: the archive's sha256 against the one expected (when given);
 2. ``unpack``, ``convert``, ``check``: the archive unpacked safely, a SavedModel or
@@ -12,6 +13,9 @@ The stages run in a fixed order, one short function each:
 3. ``benchmark``: the runtime model on the track's device;
 4. ``fidelity``: the model on the data, when data is given and staged;
 5. ``score``: the track's formula over the metrics and the runtime.
+
+``checks_only`` stops after stage 2: the pre-check a final-phase upload gets when it
+arrives (no benchmark, no fidelity, no score; those come with scoring after the freeze).
 
 A stage that fails raises a :class:`~mai_ops.errors.StageError` with a registered
 code; the record gets it as ``{code, stage, message}`` and the status ``failed``
@@ -36,6 +40,7 @@ from mai_ops.infra.storage import sha256_of_file
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "failed", "rejected")
+PRECHECK_STATUSES = {"ok": "passed", "failed": "failed", "rejected": "rejected"}
 
 
 def runtime_ms(runtime: dict | None) -> float | None:
@@ -68,6 +73,9 @@ class Evaluation:
     metrics: dict[str, float] | None = None
     score: float | None = None
     notes: list[str] = field(default_factory=list)
+    # A final-phase upload answered on arrival: intake rules and the checks only. Its
+    # ``status`` then reads as the pre-check's (``precheck_status`` in the record).
+    precheck: bool = False
 
     def fail(self, *errors: StageError) -> None:
         """Record why the submission stopped: rejected by an intake rule, or failed."""
@@ -78,8 +86,18 @@ class Evaluation:
     def runtime_ms(self) -> float | None:
         return runtime_ms(self.runtime)
 
+    @property
+    def precheck_status(self) -> str | None:
+        """``passed``, ``failed`` or ``rejected`` for a pre-check; None otherwise."""
+        if not self.precheck:
+            return None
+        return PRECHECK_STATUSES[self.status]
+
     def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"runtime_ms": self.runtime_ms}
+        return dataclasses.asdict(self) | {
+            "runtime_ms": self.runtime_ms,
+            "precheck_status": self.precheck_status,
+        }
 
 
 def retryable(record: dict) -> bool:
@@ -119,17 +137,24 @@ def evaluate(
     *,
     expected_sha256: str | None = None,
     fidelity_data: Callable[[], tuple[list, list]] | None = None,
+    checks_only: bool = False,
 ) -> Evaluation:
-    """Run every stage on ``archive`` (in scratch ``workdir``), filling ``record``.
+    """Run the stages on ``archive`` (in scratch ``workdir``), filling ``record``.
 
     ``fidelity_data`` returns (inputs, ground truths) when called; it is called only
     once the model is benchmarked, so broken organizer data stops good submissions
-    alone. Returns ``record``.
+    alone. ``checks_only`` stops after the check stage (a pre-check: no benchmark,
+    fidelity or score; the record is marked ``precheck``). Returns ``record``.
     """
-    record.track, record.device = track.id, track.device
+    record.track = track.id
+    record.device = None if checks_only else track.device
+    record.precheck = record.precheck or checks_only
+    stages = [_integrity, _unpack_convert_check]
+    if not checks_only:
+        stages += [_benchmark, _fidelity, _score]
     run = _Run(record, challenge, track, archive, workdir, expected_sha256, fidelity_data)
     try:
-        for stage in (_integrity, _unpack_convert_check, _benchmark, _fidelity, _score):
+        for stage in stages:
             stage(run)
     except StageError as exc:
         record.fail(exc)

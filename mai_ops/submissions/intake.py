@@ -22,7 +22,10 @@ Decisions (docs/participants.md explains them to teams):
 - Rules run in this order and the first that fails is reported: ``bad_key``,
   ``unknown_track``, ``unknown_phase``, ``unknown_team``, ``not_registered``,
   ``phase_not_open``, ``late``, ``not_zip_name``, ``upload_too_large``, ``duplicate``,
-  ``over_total_limit``, ``over_daily_limit``.
+  ``over_total_limit``, ``over_daily_limit``. The last three are validation-phase rules:
+  a final-phase upload is never a ``duplicate`` nor over a limit (a team uploads its
+  final submission as often as it likes until the deadline; the last one received in
+  time is frozen and scored).
 - Time is the storage server's timestamp of the upload (S3 ``LastModified``), never
   the clock of the machine judging it; a naive datetime is taken as UTC.
 - Opening: the validation phase opens at ``validation_server_online``; the final phase
@@ -32,15 +35,16 @@ Decisions (docs/participants.md explains them to teams):
 - Closing: both phases close at ``final_deadline``. An upload stamped exactly at the
   deadline instant is on time; one microsecond later is ``late``. A deadline whose date
   is not fixed yet closes nothing.
-- Limits (the track's ``limits.per_day`` and ``limits.total``, counted separately per
-  track and phase, per team): only the team's EARLIER uploads count, ordered by
+- Limits (the track's ``limits.per_day`` and ``limits.total``, counted per track and
+  team, in the validation phase only): only the team's EARLIER uploads count, ordered by
   ``(uploaded_at, key)``, and only those whose status is ``"ok"`` (checks passed).
   Failed checks and rejected uploads do not use the quota, as on Codalab/Codabench.
   The day is the UTC calendar day of ``uploaded_at`` (Codalab's); the message gives the
   next reset in UTC and in the challenge's zone.
-- Duplicates: the same sha256 as an earlier upload of the same team, track and phase
-  whose status is ``"ok"`` or ``"failed"`` (the same bytes give the same result); a
-  rejected upload may be sent again unchanged. The message names the latest such key.
+- Duplicates (validation phase only): the same sha256 as an earlier validation upload
+  of the same team and track whose status is ``"ok"`` or ``"failed"`` (the same bytes
+  give the same result); a rejected upload may be sent again unchanged. The message
+  names the latest such key.
 - Determinism: the decision depends only on (upload, challenge, teams, history); the
   upload's own record in ``history`` (same key and time) is not "earlier", and
   records later than the upload are ignored, so re-judging gives the same answer.
@@ -60,7 +64,13 @@ from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import event_instant
 from mai_ops.errors import StageError, registered
 from mai_ops.infra.child import ChildLimits
-from mai_ops.infra.layout import PHASES, BadUploadKey, UploadKey, parse_upload_key
+from mai_ops.infra.layout import (
+    FINAL_PHASE,
+    PHASES,
+    BadUploadKey,
+    UploadKey,
+    parse_upload_key,
+)
 from mai_ops.models.checks import ModelSpec, check_model
 from mai_ops.models.conversion import ConversionError, convert_in_child
 from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_submission
@@ -168,16 +178,17 @@ def judge_upload(
     if at < opens:
         raise refuse(
             "phase_not_open",
-            f"uploaded at {_both(at, challenge)}, before the {path.phase} phase opens at "
-            f"{_both(opens, challenge)} ({opens_event})",
+            f"uploaded at {utc_and_local(at, challenge)}, before the {path.phase} phase opens at "
+            f"{utc_and_local(opens, challenge)} ({opens_event})",
         )
-    deadline = _instant(challenge, "final_deadline")
+    deadline = final_deadline(challenge)
     if deadline is not None and at > deadline:
         what = "the validation server closed" if path.phase == "validation" else "the deadline"
         raise refuse(
             "late",
-            f"uploaded at {_both(at, challenge)} according to the storage server's timestamp, "
-            f"after the final deadline {_both(deadline, challenge)}; {what} at that instant",
+            f"uploaded at {utc_and_local(at, challenge)} according to the storage server's "
+            f"timestamp, after the final deadline {utc_and_local(deadline, challenge)}; {what} "
+            "at that instant",
         )
 
     if not path.filename.lower().endswith(".zip"):
@@ -188,6 +199,8 @@ def judge_upload(
         )
     if oversize(upload.size):
         raise refuse("upload_too_large", oversize(upload.size))
+    if path.phase == FINAL_PHASE:
+        return path  # no duplicates, no limits: the last final upload in time is scored
 
     order = (at, upload.key)
     earlier = sorted(
@@ -213,7 +226,7 @@ def judge_upload(
         raise refuse(
             "duplicate",
             f"this archive is identical (sha256 {digest[:16]}...) to your earlier upload "
-            f"{prev.key} of {_both(_utc(prev.uploaded_at), challenge)}, whose checks "
+            f"{prev.key} of {utc_and_local(_utc(prev.uploaded_at), challenge)}, whose checks "
             f"{result}; the same bytes give the same result, so change the submission "
             "before uploading it again",
         )
@@ -235,7 +248,7 @@ def judge_upload(
             "over_daily_limit",
             f"team {team.team_id} has used all {limits.per_day} {path.phase} submissions for "
             f"{track.id} on {day.isoformat()} (the UTC day; failed checks and rejected uploads "
-            f"are not counted); the count restarts at {_both(reset, challenge)}",
+            f"are not counted); the count restarts at {utc_and_local(reset, challenge)}",
         )
     return path
 
@@ -255,6 +268,11 @@ def _instant(challenge: Challenge, name: str) -> dt.datetime | None:
     return local.astimezone(dt.UTC) if local is not None else None
 
 
+def final_deadline(challenge: Challenge) -> dt.datetime | None:
+    """The UTC instant both phases close at; None while its date is not fixed."""
+    return _instant(challenge, "final_deadline")
+
+
 def _opening(challenge: Challenge, phase: str) -> tuple[str, dt.datetime | None]:
     """The event that opens ``phase`` and its UTC instant (None: not fixed / absent)."""
     names = ["validation_server_online"]
@@ -269,9 +287,12 @@ def _opening(challenge: Challenge, phase: str) -> tuple[str, dt.datetime | None]
     return names[-1], None
 
 
-def _both(instant: dt.datetime, challenge: Challenge) -> str:
-    """``2021-03-21 00:00:01 UTC (2021-03-20 17:00:01 PDT, America/Los_Angeles)``."""
-    utc = instant.astimezone(dt.UTC)
+def utc_and_local(instant: dt.datetime, challenge: Challenge) -> str:
+    """``2021-03-21 00:00:01 UTC (2021-03-20 17:00:01 PDT, America/Los_Angeles)``.
+
+    How every instant a team reads is written; a naive ``instant`` is taken as UTC.
+    """
+    utc = _utc(instant)
     local = utc.astimezone(zone(challenge.timezone))
     return (
         f"{utc:%Y-%m-%d %H:%M:%S} UTC "

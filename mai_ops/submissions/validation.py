@@ -1,12 +1,18 @@
 """The validation server: each upload checked, benchmarked, scored and answered by email.
 
-One upload is one stored record under ``uploads/<upload key>.json`` in the results
-bucket. A record, once written, is the answer: processing the same upload again
-(a cleared task, a sweep after an event) returns it unchanged and sends nothing
+One upload is one stored record under ``uploads/<upload key>/<etag>.json`` in the
+results bucket. A record, once written, is the answer: processing the same upload
+again (a cleared task, a sweep after an event) returns it unchanged and sends nothing
 twice. The steps follow a fixed order (intake rules, archive and model checks,
 benchmark on the track's device, fidelity on validation data when the organizers
 staged it; :mod:`mai_ops.submissions.evaluation` runs them) and each way of failing
 ends in a record with a registered code, an email, and no effect on the other uploads.
+
+A final-phase upload (``<track>/final/<team>/``) is answered too, as a pre-check: the
+intake rules that apply to it (no duplicates, no limits), then unpack, convert and
+check, and nothing after (no benchmark, fidelity or score). Its record is marked
+``precheck``. It changes nothing for the freeze: at the deadline the last final upload
+received in time is frozen, whatever its pre-check said, and scoring evaluates it fully.
 """
 
 from __future__ import annotations
@@ -44,14 +50,14 @@ def _recorded(s3: Any, challenge: Challenge) -> set[tuple[str, str]]:
 def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
     """Uploads with no record yet, oldest first: what a sweep must process.
 
-    Everything in the submissions bucket except the final-phase area (frozen at the
-    deadline instead), so a misplaced upload is answered too, not ignored.
+    Everything in the submissions bucket: validation uploads, final uploads (their
+    pre-check) and misplaced uploads alike, so nothing is ignored.
     """
     done = _recorded(s3, challenge)
     found = []
     for obj in list_objects(s3, challenge.buckets.submissions):
         key, etag = obj["Key"], obj["ETag"].strip('"')
-        if (key, etag) in done or key.endswith("/") or is_final_upload(key):
+        if (key, etag) in done or key.endswith("/"):
             continue
         found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
     return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
@@ -85,6 +91,7 @@ def process_upload(
 ) -> dict:
     """Judge one upload by the intake rules, then evaluate it; store and return its record.
 
+    A final-phase upload is pre-checked only (``evaluate(checks_only=True)``).
     Whatever goes wrong with this one upload ends in a stored record with a code, so
     it is answered and never retried in a loop by the sweep; only a failure to reach
     the storage itself propagates (the task retries). A record that failed for a
@@ -103,7 +110,11 @@ def process_upload(
             return stored
     uploaded_at = head["LastModified"].astimezone(dt.UTC)
     record = Evaluation(
-        key=key, etag=etag, uploaded_at=uploaded_at.isoformat(), size=head["ContentLength"]
+        key=key,
+        etag=etag,
+        uploaded_at=uploaded_at.isoformat(),
+        size=head["ContentLength"],
+        precheck=is_final_upload(key),
     )
     named = loose_upload_key(key)
     if named is not None:
@@ -127,6 +138,14 @@ def process_upload(
             data = None
             if path.phase == "validation":
                 data = partial(load_validation_set, s3, challenge, track)
-            evaluate(record, challenge, track, archive, Path(tmp), fidelity_data=data)
+            evaluate(
+                record,
+                challenge,
+                track,
+                archive,
+                Path(tmp),
+                fidelity_data=data,
+                checks_only=record.precheck,
+            )
     put_json(s3, results, upload_record_key(key, etag), record.as_json())
     return record.as_json()
