@@ -4,8 +4,10 @@
 Answer each validation upload: intake rules, archive and model checks, benchmark on the
 track's device, validation score, reply email. Runs on every upload notification (an
 asset watcher on the uploads queue) and every 10 minutes as a sweep for anything
-missed. Per track, one mapped task per upload, named `<team>/<file>`, in the track's
-device pool.
+missed. One mapped task per team with new uploads, named `<team>/<file>` (a team's
+uploads are answered in order: its quota counts the earlier ones). Teams are answered
+side by side, as many at once as the `mai_validation` pool has slots; only the benchmark
+waits for the track's device, one at a time.
 
 Final-phase uploads (`<track>/final/<team>/`) are answered too, with a pre-check: the
 intake rules that apply (no quota, no duplicate refusal: a team uploads its final as
@@ -17,9 +19,13 @@ no score, no effect on the validation quota; final collection and scoring are un
 Green: answered. Skipped, labelled `<team>/<file>: <code>`: the participant's upload
 failed a rule or a check; they got the reason by email. Red: a failure on our side
 (device offline, a crash): fix it and clear the task; the team hears the new outcome.
+A failed task is retried 30 s later (not minutes), so a run never holds the next
+upload's answer for long.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 from airflow.sdk import Asset, get_current_context, task
 
@@ -30,10 +36,11 @@ from mai_ops_airflow.dag_header import (
     organizer_errors_fail_fast,
     phase_dag,
 )
-from mai_ops_airflow.outcomes import settle, upload_label
+from mai_ops_airflow.outcomes import settle_uploads, uploads_label
 
 PHASE = DagPhase.VALIDATION_UPLOADS
 SWEEP_MINUTES = 10
+RETRY_SOON = dt.timedelta(seconds=30)
 
 
 def validation_schedule(challenge):
@@ -59,37 +66,31 @@ def validation_schedule(challenge):
 
 
 def build(challenge, path, instants):
-    from mai_ops.devices.pools import pool_name
+    from mai_ops.devices.pools import VALIDATION_POOL
 
     @phase_dag(challenge, path, PHASE, __doc__, validation_schedule(challenge))
     def validation_uploads():
-        for track in [*challenge.tracks, None]:
-            lane = track.id if track else "_unknown"
-            name = track.id if track else "unrouted"
+        @task
+        def collect_uploads(triggering_asset_events=None):
+            from mai_ops import tasks
 
-            @task(task_id=f"collect_{name}")
-            def collect_uploads(triggering_asset_events=None, lane=lane):
-                from mai_ops import tasks
+            events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
+            return organizer_errors_fail_fast(tasks.collect_uploads, path, events)
 
-                events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
-                found = organizer_errors_fail_fast(tasks.collect_uploads, path, events)
-                return found.get(lane, [])
+        @task(
+            pool=VALIDATION_POOL,
+            execution_timeout=DEVICE_TASK_TIMEOUT,
+            retry_delay=RETRY_SOON,
+            map_index_template="{{ uploads }}",
+        )
+        def validate_uploads(keys):
+            get_current_context()["uploads"] = uploads_label(keys)
+            from mai_ops import tasks
 
-            # A track's uploads run in its device's pool: one benchmark per device.
-            @task(
-                task_id=f"validate_{name}",
-                execution_timeout=DEVICE_TASK_TIMEOUT,
-                map_index_template="{{ upload }}",
-                **({"pool": pool_name(challenge.device(track.device))} if track else {}),
-            )
-            def validate_upload(key):
-                get_current_context()["upload"] = upload_label(key)
-                from mai_ops import tasks
+            results = organizer_errors_fail_fast(tasks.validate_uploads, path, keys)
+            return settle_uploads(results, "uploads")
 
-                result = organizer_errors_fail_fast(tasks.validate_upload, path, key)
-                return settle(result, "upload")
-
-            validate_upload.expand(key=collect_uploads())
+        validate_uploads.expand(keys=collect_uploads())
 
     return validation_uploads()
 

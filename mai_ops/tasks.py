@@ -251,19 +251,21 @@ def publish_preliminary_results(path, s3=None, send=None) -> dict:
     return {"results": len(table["results"]), **run.deliver(notices).as_dict()}
 
 
-def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str, list[str]]:
-    """Upload keys to process, per track, oldest first, at most MAX_PER_RUN each.
+def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[list[str]]:
+    """Upload keys to process, in batches of one team's uploads, at most MAX_PER_RUN in all.
 
     ``events`` are the asset events' ``extra``: the trigger's payload (``uploads``)
     sits under ``payload``. Announced keys and a sweep of every upload without a
     record are merged, so a notification that never came (or a run that failed)
-    delays an answer but never loses it.
+    delays an answer but never loses it. A team's uploads stay in one batch, oldest
+    first, because its quota counts its earlier uploads; batches run side by side,
+    the oldest upload's first.
     """
-    from mai_ops.infra.layout import upload_track
+    from mai_ops.infra.layout import upload_owner
     from mai_ops.submissions.validation import MAX_PER_RUN, pending_uploads
 
     run = PhaseRun.open(path, s3)
-    pending = pending_uploads(run.s3, run.challenge)
+    pending = pending_uploads(run.s3, run.challenge)[:MAX_PER_RUN]  # oldest first
     waiting = {u["key"] for u in pending}
     announced = [
         u["key"]
@@ -273,35 +275,43 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> dict[str
     ]
     missing = [k for k in announced if k not in waiting]
     if missing:
-        log.info("announced uploads already answered or gone: %s", ", ".join(missing[:10]))
-    by_track: dict[str, list[str]] = {t.id: [] for t in run.challenge.tracks}
-    for upload in pending:  # oldest first: quotas count earlier uploads
-        track = upload_track(upload["key"])
-        lane = by_track.setdefault(track if track in by_track else "_unknown", [])
-        if len(lane) < MAX_PER_RUN:
-            lane.append(upload["key"])
-    return by_track
+        log.info("announced uploads already answered, gone or next: %s", ", ".join(missing[:10]))
+    batches: dict[str, list[str]] = {}
+    for upload in pending:
+        batches.setdefault(upload_owner(upload["key"]), []).append(upload["key"])
+    return list(batches.values())
+
+
+def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:
+    """One team's uploads, in order, each answered; then the team's history in the log.
+
+    A final-phase upload gets its pre-check and an acknowledgement (no benchmark, no
+    score); ``precheck_status`` in its result says how the pre-check went.
+    """
+    run = PhaseRun.open(path, s3, send)
+    results = [_answer_upload(run, key) for key in keys]
+    registered = {t.team_id for t in run.teams}
+    for team_id in dict.fromkeys(r["team"] for r in results if r["team"] in registered):
+        log_team_history(run, team_id)
+    return results
 
 
 def validate_upload(path, key, s3=None, send=None) -> dict:
-    """One upload, start to answer: its record, and the reply email to its team.
+    """One upload, start to answer: its record's summary, and the reply email to its team."""
+    return validate_uploads(path, [key], s3, send)[0]
 
-    A final-phase upload gets its pre-check and an acknowledgement (no benchmark, no
-    score); ``precheck_status`` in the result says how the pre-check went.
-    """
+
+def _answer_upload(run: PhaseRun, key: str) -> dict:
     from mai_ops.submissions.validation import process_upload
 
-    run = PhaseRun.open(path, s3, send)
     record = process_upload(run.s3, run.challenge, run.teams, key)
     team = next((t for t in run.teams if t.team_id == record.get("team")), None)
     if team is not None:
         run.deliver([upload_reply(run.challenge, team, record)])
-        log_team_history(run, team.team_id)
     else:
         log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
-    return {k: record[k] for k in ("key", "status", "errors", "score")} | {
-        "precheck_status": record.get("precheck_status")
-    }
+    summary = {k: record.get(k) for k in ("key", "team", "status", "errors", "score")}
+    return summary | {"precheck_status": record.get("precheck_status")}
 
 
 def log_team_history(run: PhaseRun, team_id: str) -> None:

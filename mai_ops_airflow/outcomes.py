@@ -38,6 +38,29 @@ def upload_label(key: str) -> str:
     return "/".join(parts[2:]) if len(parts) >= 4 else key
 
 
+def uploads_label(keys: list[str]) -> str:
+    """A batch of one team's uploads in the grid: ``borealis/a.zip, b.zip``."""
+    first, rest = upload_label(keys[0]), [k.rsplit("/", 1)[-1] for k in keys[1:]]
+    return ", ".join([first, *rest])
+
+
+def settle_uploads(results: list[dict], label_key: str) -> list[dict]:
+    """:func:`settle` for one team's batch of uploads, each judged on its own.
+
+    Any failure of ours fails the task; a batch whose every upload failed on the
+    participant's side is skipped; otherwise it passes. Each failed upload's code
+    joins the label: "borealis/a.zip, b.zip: not_tflite".
+    """
+    parts, failed = [], []
+    for result in results:
+        codes = failure_codes(result)
+        name = result["key"].rsplit("/", 1)[-1] if parts else upload_label(result["key"])
+        parts.append(f"{name}: {codes[0]}" if codes else name)
+        failed += [codes] if codes else []
+    _conclude(label_key, ", ".join(parts), failed, len(results))
+    return results
+
+
 def settle(record: dict, label_key: str) -> dict:
     """Return a passed record; skip on the participant's failure; raise on ours.
 
@@ -45,14 +68,21 @@ def settle(record: dict, label_key: str) -> dict:
     failure's code is appended to it, so the grid reads "cobalt: not_tflite".
     """
     from airflow.sdk import get_current_context
-    from airflow.sdk.exceptions import AirflowSkipException
 
     codes = failure_codes(record)
-    if not codes:
-        return record
-    context = get_current_context()
-    label = f"{context.get(label_key) or ''}: {codes[0]}".lstrip(": ")
-    context[label_key] = label
-    if is_ours(codes):
+    if codes:
+        label = f"{get_current_context().get(label_key) or ''}: {codes[0]}".lstrip(": ")
+        _conclude(label_key, label, [codes], 1)
+    return record
+
+
+def _conclude(label_key: str, label: str, failed: list[list[str]], total: int) -> None:
+    """Show ``label`` in the grid; raise on a failure of ours, skip when all failed."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    get_current_context()[label_key] = label
+    if is_ours([code for codes in failed for code in codes]):
         raise OurSideFailure(f"{label}: a failure on our side; clear the task once it is fixed")
-    raise AirflowSkipException(f"{label}: the participant's model failed; recorded and answered")
+    if failed and len(failed) == total:
+        raise AirflowSkipException(f"{label}: the participant's failure; recorded and answered")

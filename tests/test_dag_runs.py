@@ -213,12 +213,17 @@ def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
 def test_validation_tasks_are_named_by_upload(bag, airflow_db, s3, airflow_connections):
     from .test_validation import put_zip
 
+    isp = reference_model("learned_isp")
     put_zip(s3, "depth/validation/borealis/good.zip", {"model.tflite": reference_model("depth")})
-    put_zip(s3, "depth/validation/borealis/bad.zip", {"model.tflite": b"not a flatbuffer"})
+    put_zip(s3, "learned_isp/validation/aurora/bad.zip", {"model.tflite": b"not a flatbuffer"})
+    put_zip(s3, "learned_isp/validation/cobalt/one.zip", {"model.tflite": isp})
+    put_zip(s3, "learned_isp/validation/cobalt/two.zip", {"model.tflite": b"not a flatbuffer"})
     run = bag.dags["mai2021__validation_uploads"].test()
     assert _state(run) == "success"
     states = _task_instances(run)
-    assert states[("validate_depth", "borealis/good.zip")] == "success"
-    assert states[("validate_depth", "borealis/bad.zip: not_tflite")] == "skipped"
+    assert states[("validate_uploads", "borealis/good.zip")] == "success"
+    assert states[("validate_uploads", "aurora/bad.zip: not_tflite")] == "skipped"
+    # One team's uploads are one task, answered in order; its label shows each outcome.
+    assert states[("validate_uploads", "cobalt/one.zip, two.zip: not_tflite")] == "success"
     replies = [m["Subject"] for m in read_outbox(airflow_connections.folder)]
-    assert len(replies) == 2
+    assert len(replies) == 4

@@ -27,7 +27,13 @@ from mai_ops.challenge.config import Device, load_challenge
 from mai_ops.dev.embedded import free_port, s3_client
 from mai_ops.dev.reference_models import build_reference_tflite
 from mai_ops.dev.stack import spawn
-from mai_ops.devices.pools import device_pools, pool_name
+from mai_ops.devices.pools import (
+    VALIDATION_POOL,
+    VALIDATION_SLOTS,
+    airflow_pools,
+    device_pools,
+    pool_name,
+)
 
 from .conftest import PROJECT
 from .conftest import rest_api as _api
@@ -142,6 +148,10 @@ def test_a_pool_is_the_hardware_one_slot_each():
     assert sorted(pools) == ["mai_device_adb_R5CN_5555", "mai_device_adb_X1"]
     assert "a_again" in pools["mai_device_adb_R5CN_5555"]["description"]
     assert all(p["slots"] == 1 for p in pools.values())
+    # What the project imports: the device pools and the validation server's own pool.
+    imported = airflow_pools([phones])
+    assert imported[VALIDATION_POOL]["slots"] == VALIDATION_SLOTS >= 2
+    assert imported.keys() - {VALIDATION_POOL} == pools.keys()
 
 
 def _intervals(tis: list[dict], task_id: str) -> list[tuple[dt.datetime, dt.datetime]]:

@@ -25,7 +25,7 @@ def test_upload_keys_round_trip(key):
     assert parsed.key == key
     assert layout.upload_key(parsed.track, parsed.phase, parsed.team, parsed.filename) == key
     assert layout.loose_upload_key(key) == parsed
-    assert layout.upload_track(key) == parsed.track
+    assert layout.upload_owner(key) == f"{parsed.track}/{parsed.phase}/{parsed.team}"
     assert parse_upload_key(UploadKey("depth", "final", "borealis", "a.zip").key) == UploadKey(
         "depth", "final", "borealis", "a.zip"
     )

@@ -41,8 +41,8 @@ def put_zip(s3, key: str, members: dict[str, bytes]) -> None:
 
 
 def process_all(s3) -> dict[str, dict]:
-    lanes = tasks.collect_uploads(MAI2021, [], s3=s3)
-    return {key: tasks.validate_upload(MAI2021, key) for keys in lanes.values() for key in keys}
+    batches = tasks.collect_uploads(MAI2021, [], s3=s3)
+    return {r["key"]: r for keys in batches for r in tasks.validate_uploads(MAI2021, keys)}
 
 
 def mail_for(outbox, key: str):
@@ -136,22 +136,23 @@ def test_announced_and_swept_uploads_are_merged_oldest_first(s3, airflow_connect
             }
         ]
     }
-    lanes = tasks.collect_uploads(MAI2021, [{"from_trigger": True, "payload": payload}], s3=s3)
-    assert [k for k in lanes["depth"] if "/validation/" in k] == [
-        "depth/validation/borealis/first-missed.zip",
-        "depth/validation/borealis/then-announced.zip",
-    ]
-    # The final upload is in the same lane, at its place in time (the storage server's
-    # timestamps have whole seconds: within one second, the key decides).
-    assert sorted(lanes["depth"]) == sorted(
+    put_zip(s3, "depth/validation/aurora/other-team.zip", {"model.tflite": model})
+    batches = tasks.collect_uploads(MAI2021, [{"from_trigger": True, "payload": payload}], s3=s3)
+    # One batch per team, track and phase, each in upload order: a team's quota counts
+    # its earlier uploads, so they are answered one after the other.
+    assert sorted(batches) == [
+        ["depth/final/borealis/final.zip"],
+        ["depth/validation/aurora/other-team.zip"],
         [
-            "depth/final/borealis/final.zip",
             "depth/validation/borealis/first-missed.zip",
             "depth/validation/borealis/then-announced.zip",
-        ]
-    )
+        ],
+    ]
+    # Batches start with the oldest upload first (the storage server's timestamps have
+    # whole seconds: within one second, the key decides).
     times = {u["key"]: u["uploaded_at"] for u in pending_uploads(s3, CH)}
-    assert lanes["depth"] == sorted(lanes["depth"], key=lambda k: (times[k], k))
+    firsts = [batch[0] for batch in batches]
+    assert firsts == sorted(firsts, key=lambda k: (times[k], k))
 
 
 def test_a_backlog_is_answered_in_bounded_runs(s3, airflow_connections, monkeypatch):
@@ -160,11 +161,10 @@ def test_a_backlog_is_answered_in_bounded_runs(s3, airflow_connections, monkeypa
     monkeypatch.setattr(mai_ops.submissions.validation, "MAX_PER_RUN", 2)
     for i in range(3):
         put_zip(s3, f"depth/validation/borealis/{i}.zip", {"readme.txt": str(i).encode()})
-    first = tasks.collect_uploads(MAI2021, [], s3=s3)["depth"]
-    assert first == ["depth/validation/borealis/0.zip", "depth/validation/borealis/1.zip"]
-    for key in first:
-        tasks.validate_upload(MAI2021, key)
-    assert tasks.collect_uploads(MAI2021, [], s3=s3)["depth"] == ["depth/validation/borealis/2.zip"]
+    first = tasks.collect_uploads(MAI2021, [], s3=s3)
+    assert first == [["depth/validation/borealis/0.zip", "depth/validation/borealis/1.zip"]]
+    tasks.validate_uploads(MAI2021, first[0])
+    assert tasks.collect_uploads(MAI2021, [], s3=s3) == [["depth/validation/borealis/2.zip"]]
 
 
 def test_validation_score_from_staged_ground_truth(s3, airflow_connections):

@@ -38,7 +38,7 @@ from pathlib import Path
 from mai_ops import PROJECT_ROOT
 from mai_ops.challenge.config import Challenge, challenge_files, challenges_dirs, read_challenge
 from mai_ops.dev.embedded import EMBEDDED_KEY, EMBEDDED_SECRET, LocalS3, LocalSMTP, free_port
-from mai_ops.devices.pools import device_pools, import_pools
+from mai_ops.devices.pools import airflow_pools, import_pools
 
 PROJECT = PROJECT_ROOT
 HOST = "127.0.0.1"
@@ -117,11 +117,12 @@ class ChallengeWatcher:
         for path in gone:
             del self.known[path]
         valid = [c for _, c in self.known.values() if c is not None]
-        pools = device_pools(valid)
+        pools = airflow_pools(valid)
         if pools != self.pools:
             import_pools(self.env, valid)
             self.pools = pools
-            done.append(f"device pools (1 slot each): {', '.join(sorted(pools))}")
+            slots = (f"{name} ({pool['slots']})" for name, pool in sorted(pools.items()))
+            done.append(f"pools: {', '.join(slots)}")
         return done
 
     def _read_if_changed(self, path: Path, done: list[str]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mai_ops.challenge.config import Device, Track
 from mai_ops.devices.litert import run_litert
+from mai_ops.devices.lock import device_lock
 from mai_ops.devices.results import BenchmarkError, BenchmarkResult
 
 __all__ = ["BenchmarkError", "BenchmarkResult", "run_benchmark"]
@@ -18,6 +19,14 @@ __all__ = ["BenchmarkError", "BenchmarkResult", "run_benchmark"]
 
 def run_benchmark(
     model_path: str | Path, device: Device, track: Track | None = None, profile: bool = False
+) -> BenchmarkResult:
+    """Measure ``model_path`` on ``device``, holding the device (:mod:`.lock`) meanwhile."""
+    with device_lock(device):
+        return _measure(model_path, device, track, profile)
+
+
+def _measure(
+    model_path: str | Path, device: Device, track: Track | None, profile: bool
 ) -> BenchmarkResult:
     if device.backend == "adb":
         from mai_ops.devices.adb import run_adb

@@ -1,12 +1,16 @@
-"""The device farm: one Airflow pool with one slot per physical device.
+"""The device farm's Airflow pools: one slot per physical device, and the validation pool.
 
-Every benchmark task runs in its device's pool, so one device never runs two
+Every final scoring task runs in its device's pool, so one device never runs two
 benchmarks at once (they would disturb each other's timing) while different
-devices run in parallel. A pool stands for the hardware, not for a name in a
-config: every ``litert`` device measures on the worker's own CPU, so they all share
-one pool, and an Android phone is its ``serial``, whatever names point at it. The
-pools are created by the project (``make up``, the demo, the compose init) from the
-challenge files, never by hand.
+devices run in parallel. The validation server's tasks run in ``mai_validation``
+instead: a few uploads are checked at once and only their benchmarks queue for the
+device, behind its lock (:mod:`mai_ops.devices.lock`).
+
+A device pool stands for the hardware, not for a name in a config: every ``litert``
+device measures on the worker's own CPU, so they all share one pool, and an Android
+phone is its ``serial``, whatever names point at it. The pools are created by the
+project (``make up``, the demo, the compose init) from the challenge files, never by
+hand.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from collections.abc import Iterable
 from mai_ops.challenge.config import Challenge, Device
 
 LOCAL_CPU_POOL = "mai_device_local_cpu"
+# Uploads the validation server works on at once, across challenges: each holds a CPU
+# for its checks. On a larger worker, raise the slots (Admin > Pools in the UI).
+VALIDATION_POOL = "mai_validation"
+VALIDATION_SLOTS = 2
 
 
 def pool_name(device: Device) -> str:
@@ -28,7 +36,7 @@ def pool_name(device: Device) -> str:
 
 
 def device_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
-    """Pools in the form ``airflow pools import`` reads: {name: {slots, description}}."""
+    """Every device's pool: {name: {slots, description}}, one slot each."""
     users: dict[str, list[str]] = {}
     for challenge in challenges:
         for device in challenge.devices:
@@ -45,8 +53,24 @@ def device_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
     }
 
 
+def airflow_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
+    """The pools the challenges need, as ``airflow pools import`` reads them.
+
+    The device pools, and the validation pool when there is any device.
+    """
+    devices = device_pools(challenges)
+    if not devices:
+        return {}
+    validation = {
+        "slots": VALIDATION_SLOTS,
+        "description": "validation uploads checked at once (benchmarks queue per device)",
+        "include_deferred": False,
+    }
+    return {VALIDATION_POOL: validation} | devices
+
+
 def pools_json(challenges: Iterable[Challenge]) -> str:
-    return json.dumps(device_pools(challenges), indent=2, sort_keys=True)
+    return json.dumps(airflow_pools(challenges), indent=2, sort_keys=True)
 
 
 def valid_challenges(files) -> list[Challenge]:
@@ -61,7 +85,7 @@ def valid_challenges(files) -> list[Challenge]:
 
 
 def import_pools(env: dict[str, str], challenges: Iterable[Challenge]) -> dict[str, dict]:
-    """Create or update the device pools in the Airflow metadata DB (``airflow pools import``).
+    """Create or update the pools in the Airflow metadata DB (``airflow pools import``).
 
     The DB must be migrated. Pools of devices no longer declared are left alone: a
     pool may still hold a running benchmark.
@@ -71,7 +95,7 @@ def import_pools(env: dict[str, str], challenges: Iterable[Challenge]) -> dict[s
     import tempfile
     from pathlib import Path
 
-    pools = device_pools(challenges)
+    pools = airflow_pools(challenges)
     if not pools:
         return pools
     airflow = Path(sys.executable).with_name("airflow")

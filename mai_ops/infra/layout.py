@@ -65,9 +65,14 @@ def loose_upload_key(key: str) -> UploadKey | None:
     return UploadKey(*parts) if len(parts) == 4 else None
 
 
-def upload_track(key: str) -> str:
-    """The first part of an upload key: the lane a validation run processes it in."""
-    return key.split("/", 1)[0]
+def upload_owner(key: str) -> str:
+    """Whose upload ``key`` is, as far as its shape tells: ``<track>/<phase>/<team>``.
+
+    The validation server answers one owner's uploads in order (their quota counts the
+    earlier ones); a key too short to name a team is its own owner.
+    """
+    parts = key.split("/")
+    return "/".join(parts[:3]) if len(parts) >= 4 else key
 
 
 def is_final_upload(key: str) -> bool:
