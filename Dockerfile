@@ -17,7 +17,8 @@ FROM ${AIRFLOW_IMAGE}
 USER root
 RUN apt-get update \
     && apt-get install -y --no-install-recommends bubblewrap \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && install -d -m 2775 -o airflow -g 0 /var/lib/mai-ops/device-locks
 USER airflow
 # uv.lock pins every version (Airflow included), so it plays the role of Airflow's constraints
 # file; naming apache-airflow explicitly keeps pip from ever swapping the image's Airflow.
