@@ -4,6 +4,11 @@ Runs ``python -m mai_ops.dev.stack`` as a separate session with real processes (
 standalone, the local S3 and SMTP servers) and talks to it only over HTTP, the way
 an organizer's browser would, then starts it again on the same home: nothing is lost,
 nothing is sent twice. The waits are readiness bounds, not speed checks.
+
+The organizers' cockpit on the rehearsal copy (its phases are open now): every DAG takes
+its trigger form's defaults, a mapped task is found by its team's name, a participant's
+broken model is skipped while a failure of ours is retried, then red, and a freeze before the
+deadline is refused unless asked for early.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -52,6 +58,17 @@ DAGS_TIMEOUT = 240.0
 STOP_TIMEOUT = 120.0
 RUN_TIMEOUT = 240.0
 UPLOAD_KEY = "depth/validation/borealis/after-the-deadline.zip"
+REHEARSAL = "mai2021_rehearsal"
+REHEARSAL_BUCKETS = {
+    role: f"mai2021-{role}-rehearsal" for role in ("organizers", "submissions", "results")
+}
+# Final uploads whose model.tflite is not a flatbuffer: the participants' own failure.
+BROKEN_FINALS = {
+    "depth/final/borealis/final.zip": ("depth", "borealis"),
+    "learned_isp/final/aurora/final.zip": ("learned_isp", "aurora"),
+}
+# A task instance in one of these states will not run again by itself.
+TASK_DONE = {"success", "failed", "skipped", "upstream_failed", "removed"}
 
 
 class Stack:
@@ -89,7 +106,13 @@ def session_processes(sid: int) -> list[psutil.Process]:
 
 def start_stack(root: Path, log_name: str, port: int, s3_port: int) -> Stack:
     """The stack on ``root``'s copy of the shipped challenge files, with rehearsals."""
-    env = {**os.environ, "MAI_OPS_CHALLENGES_DIR": str(root / "challenges")}
+    env = {
+        **os.environ,
+        "MAI_OPS_CHALLENGES_DIR": str(root / "challenges"),
+        # Its DAG folder is this checkout's, so its task processes import this checkout's
+        # packages too, whichever checkout the environment was installed from.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")])),
+    }
     log = root / log_name
     proc = spawn(port, s3_port, root / "airflow", log, env, rehearsal=True)
     running = Stack(proc, port, log, time.monotonic())
@@ -190,15 +213,20 @@ def test_an_upload_is_answered_by_email_through_the_queue(stack):
     assert "REJECTED" in body and "[late]" in body, body
 
 
-def upload_and_read_reply(stack, bucket: str, key: str, challenge_id: str):
-    """Upload an archive whose model is not a model; return the reply to it."""
+def broken_archive(content: bytes = b"not a flatbuffer") -> bytes:
+    """A zip whose model.tflite is not a TFLite flatbuffer (the participant's fault)."""
     import io
     import zipfile
 
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("model.tflite", b"not a flatbuffer")
-    s3_client(stack.s3_endpoint).put_object(Bucket=bucket, Key=key, Body=archive.getvalue())
+        zf.writestr("model.tflite", content)
+    return archive.getvalue()
+
+
+def upload_and_read_reply(stack, bucket: str, key: str, challenge_id: str):
+    """Upload an archive whose model is not a model; return the reply to it."""
+    s3_client(stack.s3_endpoint).put_object(Bucket=bucket, Key=key, Body=broken_archive())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         for msg in outbox(stack):
@@ -246,26 +274,172 @@ def wait_for_dag(stack, dag_id: str) -> None:
 def run_to_the_end(stack, dag_id: str, conf: dict) -> dict:
     """Trigger ``dag_id`` through the REST API and wait for the run to finish."""
     run = api(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
-    path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
+    return wait_for_run(stack, dag_id, run["dag_run_id"])
+
+
+def run_path(dag_id: str, run_id: str) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='~')}"
+
+
+def wait_for_run(stack, dag_id: str, run_id: str) -> dict:
+    """The run once it has finished (success or failed)."""
     deadline = time.monotonic() + RUN_TIMEOUT
+    run = {"dag_run_id": run_id, "state": "unknown"}
     while time.monotonic() < deadline:
         try:
-            run = api(stack, "GET", path)
+            run = api(stack, "GET", run_path(dag_id, run_id))
         except OSError:  # busy: ask again
             continue
         if run["state"] in ("success", "failed"):
             return run
         time.sleep(1)
-    stack.fail(f"{dag_id} run {run['dag_run_id']} still {run['state']} after {RUN_TIMEOUT:.0f} s")
+    stack.fail(f"{dag_id} run {run_id} still {run['state']} after {RUN_TIMEOUT:.0f} s")
+
+
+def form_defaults(stack, dag_id: str) -> dict:
+    """The conf the UI's trigger form submits untouched: each param's default value.
+
+    The form is built from the DAG's details and sends every param, empty ones as null.
+    """
+    params = api(stack, "GET", f"/api/v2/dags/{dag_id}/details")["params"]
+    return {name: param["value"] for name, param in params.items()}
+
+
+def trigger_like_the_form(stack, dag_id: str, conf: dict) -> dict:
+    """POST the run the way the UI's trigger form does: logical date now, interval inferred."""
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    body = {
+        "conf": conf,
+        "data_interval_end": None,
+        "data_interval_start": None,
+        "logical_date": now,
+    }
+    return api(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+
+
+def task_instances(stack, dag_id: str, run_id: str = "~", **query) -> list[dict]:
+    """The task-instances endpoint (``~``: every run of the DAG), filtered by ``query``."""
+    path = f"{run_path(dag_id, run_id)}/taskInstances?{urllib.parse.urlencode(query)}"
+    return api(stack, "GET", path)["task_instances"]
+
+
+def wait_for_named_task(stack, dag_id: str, name: str, run_id: str = "~") -> list[dict]:
+    """The finished mapped tasks whose grid name (rendered_map_index) starts with ``name``."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            found = task_instances(stack, dag_id, run_id, rendered_map_index_prefix_pattern=name)
+        except OSError:  # busy: ask again
+            found = []
+        if found and all(t["state"] in TASK_DONE for t in found):
+            return found
+        time.sleep(1)
+    stack.fail(f"no finished task of {dag_id} named {name}... after {RUN_TIMEOUT:.0f} s")
+
+
+def task_log(stack, dag_id: str, run_id: str, task_id: str, try_number: int, map_index=-1) -> str:
+    """A try's log as lines of text, each error with its type and message."""
+    path = (
+        f"{run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{try_number}"
+        f"?map_index={map_index}"
+    )
+    lines = []
+    for entry in api(stack, "GET", path)["content"]:
+        lines.append(str(entry.get("event", "")))
+        for error in entry.get("error_detail") or []:
+            lines.append(f"{error['exc_type']}: {error['exc_value']}")
+    return "\n".join(lines)
+
+
+def notices(stack, prefix: str) -> list:
+    """The emails in the outbox whose notice key starts with ``prefix``."""
+    return [m for m in outbox(stack) if m["X-MAI-Notice"].startswith(prefix)]
+
+
+def deadline_passed_emails(stack) -> list[str]:
+    """Notice keys of the emails telling a team that the final deadline has passed."""
+    return [
+        m["X-MAI-Notice"]
+        for m in outbox(stack)
+        if "deadline has passed" in m.get_body().get_content()
+    ]
 
 
 def test_the_rehearsal_copy_is_open_now(stack):
-    """The rehearsal's validation server answers on its merits, not with [late]."""
+    """The rehearsal's validation server answers on its merits, not with [late].
+
+    In the grid the upload's task is found by its team's name, without reading XComs:
+    the participant's broken model is skipped and named with its code.
+    """
     wait_for_health(stack)
     key = "depth/validation/borealis/rehearsal.zip"
-    msg = upload_and_read_reply(stack, "mai2021-submissions-rehearsal", key, "mai2021_rehearsal")
+    msg = upload_and_read_reply(stack, REHEARSAL_BUCKETS["submissions"], key, REHEARSAL)
     body = msg.get_body().get_content()
     assert "FAILED the checks" in body and "[late]" not in body, body
+    found = wait_for_named_task(stack, f"{REHEARSAL}__validation_uploads", "borealis/")
+    assert [(t["task_id"], t["rendered_map_index"], t["state"]) for t in found] == [
+        ("validate_uploads", "borealis/rehearsal.zip: not_tflite", "skipped")
+    ]
+
+
+def test_a_freeze_before_the_deadline_is_refused_with_the_reason(stack):
+    """Final collection triggered by hand with the form's defaults, before the deadline."""
+    from mai_ops.infra.layout import FROZEN_MANIFEST
+
+    wait_for_health(stack)
+    dag_id = f"{REHEARSAL}__final_collection"
+    conf = form_defaults(stack, dag_id)
+    assert conf == {"refreeze": False, "early_freeze": False}
+    run = wait_for_run(stack, dag_id, trigger_like_the_form(stack, dag_id, conf)["dag_run_id"])
+    assert run["state"] == "failed", run
+    states = {t["task_id"]: t for t in task_instances(stack, dag_id, run["dag_run_id"])}
+    freeze = states["freeze_final_set"]
+    # An organizer's decision, not a glitch: it fails at once, without retries.
+    assert (freeze["state"], freeze["try_number"]) == ("failed", 1), freeze
+    assert states["send_receipts"]["state"] == "upstream_failed"
+    log = task_log(stack, dag_id, run["dag_run_id"], "freeze_final_set", 1)
+    assert "still to come" in log and "early_freeze" in log, log
+    s3 = s3_client(stack.s3_endpoint)
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=REHEARSAL_BUCKETS["results"], Key=FROZEN_MANIFEST)
+    assert not notices(stack, f"{REHEARSAL}/final_receipt"), "a receipt went out"
+    assert not deadline_passed_emails(stack)
+
+
+def test_an_early_freeze_is_provisional_and_scoring_skips_broken_models(stack):
+    """With early_freeze ticked the set is frozen and scored; each broken model is skipped."""
+    from mai_ops.infra.layout import FROZEN_MANIFEST
+    from mai_ops.infra.storage import get_json
+
+    wait_for_health(stack)
+    s3 = s3_client(stack.s3_endpoint)
+    for key in BROKEN_FINALS:
+        s3.put_object(Bucket=REHEARSAL_BUCKETS["submissions"], Key=key, Body=broken_archive())
+    dag_id = f"{REHEARSAL}__final_collection"
+    conf = {**form_defaults(stack, dag_id), "early_freeze": True}
+    run = wait_for_run(stack, dag_id, trigger_like_the_form(stack, dag_id, conf)["dag_run_id"])
+    assert run["state"] == "success", run
+
+    manifest = get_json(s3, REHEARSAL_BUCKETS["results"], FROZEN_MANIFEST)
+    assert manifest["early"] is True
+    assert {(f["track"], f["team"]) for f in manifest["frozen"]} == set(BROKEN_FINALS.values())
+    receipts = notices(stack, f"{REHEARSAL}/final_receipt")
+    assert receipts, "no receipt"
+    for msg in receipts:
+        assert msg["X-MAI-Notice"].startswith(f"{REHEARSAL}/final_receipt_early/"), msg
+        body = msg.get_body().get_content()
+        assert "froze the final set early" in body and "deadline has passed" not in body, body
+
+    # The frozen set is an asset: scoring runs by itself, one task per submission.
+    scoring = f"{REHEARSAL}__scoring"
+    for track, team in BROKEN_FINALS.values():
+        found = wait_for_named_task(stack, scoring, f"{team}:")
+        assert [(t["task_id"], t["rendered_map_index"], t["state"]) for t in found] == [
+            (f"score_{track}", f"{team}: not_tflite", "skipped")
+        ]
+    run_id = found[0]["dag_run_id"]
+    assert run_id.startswith("asset_triggered__"), run_id
+    assert wait_for_run(stack, scoring, run_id)["state"] == "success"
 
 
 DROPPED = {
@@ -316,6 +490,82 @@ def test_an_announcement_is_sent_once(stack):
     assert_nothing_sent_twice(stack)
 
 
+def test_every_rehearsal_dag_takes_its_form_defaults(stack):
+    """Each DAG of the rehearsal, triggered as the UI's form submits it untouched.
+
+    Every run is accepted and finishes; all succeed but the final collection, which
+    refuses to freeze before the deadline (the organizers' data for the releases is
+    staged first, as they would).
+    """
+    from mai_ops.infra.layout import data_prefix
+
+    wait_for_health(stack)
+    s3 = s3_client(stack.s3_endpoint)
+    for event in ("train_data_release", "test_data_release"):
+        s3.put_object(
+            Bucket=REHEARSAL_BUCKETS["organizers"], Key=f"{data_prefix(event)}readme.txt", Body=b"x"
+        )
+    runs = {}
+    for phase in PHASES:
+        dag_id = f"{REHEARSAL}__{phase}"
+        conf = form_defaults(stack, dag_id)
+        run = trigger_like_the_form(stack, dag_id, conf)
+        assert (run["state"], run["run_type"], run["conf"]) == ("queued", "manual", conf), run
+        runs[dag_id] = run["dag_run_id"]
+    # Waited for, so that no run is left behind to compete with the next tests.
+    ended = {dag_id: wait_for_run(stack, dag_id, run)["state"] for dag_id, run in runs.items()}
+    assert ended == {
+        dag_id: "failed" if dag_id.endswith("__final_collection") else "success" for dag_id in runs
+    }
+    assert not deadline_passed_emails(stack)
+    assert_nothing_sent_twice(stack)
+
+
+def test_a_failure_of_ours_is_red_not_skipped(stack):
+    """A frozen copy changed after the freeze is our failure: retried, then red; never skipped."""
+    from mai_ops.infra.layout import FROZEN_MANIFEST, score_key
+    from mai_ops.infra.storage import get_json
+
+    wait_for_health(stack)
+    s3 = s3_client(stack.s3_endpoint)
+    results = REHEARSAL_BUCKETS["results"]
+    entry = next(
+        e for e in get_json(s3, results, FROZEN_MANIFEST)["frozen"] if e["team"] == "aurora"
+    )
+    original = s3.get_object(Bucket=results, Key=entry["frozen"])["Body"].read()
+    s3.put_object(Bucket=results, Key=entry["frozen"], Body=broken_archive(b"changed"))
+    dag_id = f"{REHEARSAL}__scoring"
+    conf = {
+        **form_defaults(stack, dag_id),
+        "track": entry["track"],
+        "team": "aurora",
+        "rescore": True,
+    }
+    run_id = trigger_like_the_form(stack, dag_id, conf)["dag_run_id"]
+    task_id = f"score_{entry['track']}"
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            mapped = task_instances(stack, dag_id, run_id, task_id=task_id)
+            if mapped and mapped[0]["state"] in ("up_for_retry", "failed", "skipped", "success"):
+                break
+            if time.monotonic() > deadline:
+                stack.fail(f"{task_id} of {run_id} not done after {RUN_TIMEOUT:.0f} s: {mapped}")
+            time.sleep(1)
+        # One frozen submission was asked for: the task's only map index is aurora's.
+        [task] = mapped
+        assert task["map_index"] == 0 and task["state"] in ("up_for_retry", "failed"), task
+        log = task_log(stack, dag_id, run_id, task_id, 1, map_index=0)
+        assert "aurora: frozen_copy_changed: a failure on our side" in log, log
+        record = get_json(s3, results, score_key(entry["track"], "aurora"))
+        assert [e["code"] for e in record["errors"]] == ["frozen_copy_changed"]
+    finally:
+        # The organizers' fix: the frozen bytes back, and this run stopped (no retries left
+        # running into the next tests).
+        s3.put_object(Bucket=results, Key=entry["frozen"], Body=original)
+        api(stack, "PATCH", run_path(dag_id, run_id), {"state": "failed"})
+
+
 def test_ctrl_c_stops_everything(stack):
     wait_for_health(stack)  # also when this test runs alone
     assert session_processes(stack.proc.pid), "no processes in the stack's session"
@@ -356,6 +606,13 @@ def test_a_restart_loses_no_upload_and_sends_nothing_twice(stack):
         wait_for_dag(again, "mai2021__validation_server")
         run = run_to_the_end(again, "mai2021__validation_server", ANNOUNCE)
         assert run["state"] == "success", run
+        # The rehearsal's early freeze again: same set, its receipts not sent a second time.
+        dag_id = f"{REHEARSAL}__final_collection"
+        wait_for_dag(again, dag_id)
+        conf = {**form_defaults(again, dag_id), "early_freeze": True}
+        run = wait_for_run(again, dag_id, trigger_like_the_form(again, dag_id, conf)["dag_run_id"])
+        assert run["state"] == "success", run
+        assert not deadline_passed_emails(again)
         after = assert_nothing_sent_twice(again)
         assert after >= before
         os.killpg(again.proc.pid, signal.SIGINT)
