@@ -6,7 +6,7 @@ PY := .venv/bin/python
 # Use this machine's Python 3.11; never download an interpreter.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint format up validate timeline compose-tool sandbox-tool bench clean
+.PHONY: demo test lint format up validate timeline compose-tool sandbox-tool browser-tool bench clean
 
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target .tools uv==$(UV_VERSION)
@@ -18,7 +18,7 @@ $(UV):
 demo: .venv/.synced sandbox-tool  ## run the whole MAI 2021 timeline end to end on the embedded stack
 	.venv/bin/mai-ops demo
 
-test: .venv/.synced compose-tool sandbox-tool  ## lint, then every test
+test: .venv/.synced compose-tool sandbox-tool browser-tool  ## lint, then every test
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest
@@ -53,6 +53,13 @@ sandbox-tool:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; }
+
+# The stack test opens the Airflow UI's trigger form in headless Chromium (tests/browser.py).
+browser-tool:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

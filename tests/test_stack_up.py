@@ -7,8 +7,9 @@ nothing is sent twice. The waits are readiness bounds, not speed checks.
 
 The organizers' cockpit on the rehearsal copy (its phases are open now): every DAG takes
 its trigger form's defaults, a mapped task is found by its team's name, a participant's
-broken model is skipped while a failure of ours is retried, then red, and a freeze before the
-deadline is refused unless asked for early.
+broken model is skipped while a failure of ours is retried, then red, a freeze before the
+deadline is refused unless asked for early, and the UI's trigger form opens ready to submit
+in a real headless Chromium (``tests/browser.py``).
 """
 
 from __future__ import annotations
@@ -564,6 +565,42 @@ def test_a_failure_of_ours_is_red_not_skipped(stack):
         # running into the next tests).
         s3.put_object(Bucket=results, Key=entry["frozen"], Body=original)
         api(stack, "PATCH", run_path(dag_id, run_id), {"state": "failed"})
+
+
+TRIGGER_BUTTON = "[data-testid=trigger-dag-button]"
+SUBMIT_BUTTON = "[data-testid=trigger-dag-submit]"
+# Read after two animation frames: the form's validation effects have run by then.
+AFTER_RENDER = "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
+def test_the_scoring_trigger_form_opens_ready_to_submit(stack):
+    """In real headless Chromium: the DAG page's Trigger button opens the form, ready to go."""
+    from .browser import chromium
+
+    wait_for_health(stack)
+    dag_id = f"{REHEARSAL}__scoring"
+    wait_for_dag(stack, dag_id)
+    params = list(form_defaults(stack, dag_id))
+    shot = PROJECT / "var" / "scoring-trigger-form.png"
+    shot.unlink(missing_ok=True)
+    with chromium(height=1300) as page:
+        page.goto(f"http://127.0.0.1:{stack.port}/dags/{dag_id}")
+        page.wait_for(f"!!document.querySelector('{TRIGGER_BUTTON}:not([disabled])')", "Trigger")
+        page.evaluate(f"document.querySelector('{TRIGGER_BUTTON}').click()")
+        fields = " && ".join(
+            f"!!document.querySelector('[id=element_{p}], [name=element_{p}]')" for p in params
+        )
+        page.wait_for(f"!!document.querySelector('{SUBMIT_BUTTON}') && {fields}", "the form")
+        disabled = page.evaluate(
+            f"{AFTER_RENDER}.then(() => document.querySelector('{SUBMIT_BUTTON}').disabled)"
+        )
+        page.screenshot(shot)
+        # The control: a data interval to give by hand, left empty, does disable it.
+        page.evaluate("document.querySelector('input[type=radio][value=manual]').click()")
+        page.wait_for(f"document.querySelector('{SUBMIT_BUTTON}').disabled", "a disabled Trigger")
+    print(f"\nthe trigger form: {shot}")
+    assert disabled is False, "the form's Trigger button is disabled as the form opens"
+    assert shot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_ctrl_c_stops_everything(stack):
