@@ -94,6 +94,16 @@ def _forget_partial_dag(the_id: str) -> None:
         DagContext.autoregistered_dags.discard(entry)
 
 
+def _dates_md(challenge, phase: str) -> str:
+    """The phase's dates in the challenge's zone: the UI itself shows the browser's zone."""
+    from mai_ops.challenge.timeline import phase_dates
+
+    lines = phase_dates(challenge, phase)
+    if not lines:
+        return ""
+    return f"\n\nDates ({challenge.timezone}):\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
 def failing_dag(the_id: str, doc_md: str, reason: str, task_id: str, tags: list[str]):
     """A DAG that never runs on its own and whose one task fails with ``reason``."""
 
@@ -134,7 +144,8 @@ def phase_dag(
         dag_id=dag_id(challenge.id, phase),
         description=f"{challenge.title}: {phase.replace('_', ' ')}",
         doc_md=f"{doc.strip()}\n\n#### {challenge.title}: {phase}\n\n"
-        f"Challenge file: `{Path(path).name}`. The work is in `mai_ops.tasks`.",
+        f"Challenge file: `{Path(path).name}`. The work is in `mai_ops.tasks`."
+        + _dates_md(challenge, phase),
         schedule=schedule,
         start_date=None,
         catchup=False,

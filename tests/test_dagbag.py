@@ -51,6 +51,8 @@ def test_dag_header(dagbag, dag_id):
     challenge, phase = dag_id.split("__")
     assert {"mai-ops", f"challenge:{challenge}", f"phase:{phase}"} <= set(dag.tags)
     assert dag.doc_md and phase in dag.doc_md
+    if phase == "final_collection":  # its date in the challenge's zone, whatever the browser's
+        assert "final_deadline: 2021-03-20 17:00 PDT (2021-03-21 00:00 UTC)" in dag.doc_md
     assert dag.catchup is False
     for task in dag.tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} retries {task.retries}"

@@ -426,3 +426,17 @@ def test_unknown_zone() -> None:
     with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus'"):
         zone("Mars/Olympus")
     assert zone(LA).key == LA
+
+
+def test_phase_dates_read_in_the_challenge_zone_then_utc() -> None:
+    from mai_ops import PROJECT_ROOT
+    from mai_ops.challenge.timeline import phase_dates
+
+    challenge = load_challenge(PROJECT_ROOT / "include" / "challenges" / "mai2021.yaml")
+    assert phase_dates(challenge, "final_collection") == [
+        "final_deadline: 2021-03-20 17:00 PDT (2021-03-21 00:00 UTC)"
+    ]
+    notices = phase_dates(challenge, "workshop_notices")
+    assert "workshop_day: June XX 2021, not fixed" in notices
+    reminders = phase_dates(challenge, "reminders")
+    assert "1 d before final_deadline: 2021-03-19 17:00 PDT (2021-03-20 00:00 UTC)" in reminders

@@ -165,3 +165,26 @@ def timeline_rows(challenge: Challenge) -> list[dict]:
             }
         )
     return rows
+
+
+def phase_dates(challenge: Challenge, phase: str) -> list[str]:
+    """The dates a phase's DAG fires, as an organizer reads them in its docs.
+
+    In the challenge's own zone first (the UI shows the browser's zone), then UTC; an
+    event whose date is not fixed yet says so.
+    """
+
+    def both(instant: dt.datetime) -> str:
+        utc = instant.astimezone(dt.UTC)
+        return f"{instant:%Y-%m-%d %H:%M %Z} ({utc:%Y-%m-%d %H:%M} UTC)"
+
+    lines = []
+    for entry in timeline(challenge):
+        if entry.dag_phase == phase:
+            when = both(entry.local) if entry.local else f"{entry.event.date.text()}, not fixed"
+            lines.append(f"{entry.event.name}: {when}")
+        if phase == DagPhase.REMINDERS:
+            lines += [
+                f"{r.days_before} d before {r.event}: {both(r.instant)}" for r in entry.reminders
+            ]
+    return lines
