@@ -29,7 +29,6 @@ from mai_ops.infra.layout import (
     UPLOAD_RECORDS,
     is_final_upload,
     loose_upload_key,
-    parse_upload_record_key,
     team_records_prefix,
     upload_record_key,
 )
@@ -40,11 +39,9 @@ from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
 MAX_PER_RUN = 200
 
 
-def _recorded(s3: Any, challenge: Challenge) -> set[tuple[str, str]]:
-    done = set()
-    for obj in list_objects(s3, challenge.buckets.results, UPLOAD_RECORDS):
-        done.add(parse_upload_record_key(obj["Key"]))
-    return done
+def _recorded(s3: Any, challenge: Challenge) -> set[str]:
+    """The keys of every stored record (compared with :func:`upload_record_key`)."""
+    return {obj["Key"] for obj in list_objects(s3, challenge.buckets.results, UPLOAD_RECORDS)}
 
 
 def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
@@ -57,7 +54,7 @@ def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
     found = []
     for obj in list_objects(s3, challenge.buckets.submissions):
         key, etag = obj["Key"], obj["ETag"].strip('"')
-        if (key, etag) in done or key.endswith("/"):
+        if upload_record_key(key, etag) in done or key.endswith("/"):
             continue
         found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
     return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
