@@ -79,13 +79,20 @@ class PhaseRun:
     def teams(self) -> list[Team]:
         return load_teams(self.challenge, self.path, self.s3)
 
-    def deliver(self, notices: list[Notice]) -> DeliveryReport:
-        """Send each notice once (sent-markers in the results bucket)."""
+    def deliver(self, notices: list[Notice], settle: bool = True) -> DeliveryReport:
+        """Send each notice once (sent-markers in the results bucket).
+
+        A notice refused for its address does not stop the others; once they are sent,
+        ``settle`` fails the task naming it (else the caller settles the report later).
+        """
         if self._send is None:
             from mai_ops_airflow import hooks
 
             self._send = hooks.smtp_sender()
-        return deliver(notices, self._send, self.s3, self.challenge.buckets.results)
+        report = deliver(notices, self._send, self.s3, self.challenge.buckets.results)
+        if settle:
+            report.raise_for_failures()
+        return report
 
 
 def resolve_events(
@@ -289,10 +296,12 @@ def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:
     score); ``precheck_status`` in its result says how the pre-check went.
     """
     run = PhaseRun.open(path, s3, send)
-    results = [_answer_upload(run, key) for key in keys]
+    delivery = DeliveryReport()
+    results = [_answer_upload(run, key, delivery) for key in keys]
     registered = {t.team_id for t in run.teams}
     for team_id in dict.fromkeys(r["team"] for r in results if r["team"] in registered):
         log_team_history(run, team_id)
+    delivery.raise_for_failures()  # every upload is judged and stored; a reply is missing
     return results
 
 
@@ -301,15 +310,15 @@ def validate_upload(path, key, s3=None, send=None) -> dict:
     return validate_uploads(path, [key], s3, send)[0]
 
 
-def _answer_upload(run: PhaseRun, key: str) -> dict:
+def _answer_upload(run: PhaseRun, key: str, delivery: DeliveryReport) -> dict:
     from mai_ops.submissions.validation import process_upload
 
     record = process_upload(run.s3, run.challenge, run.teams, key)
     team = next((t for t in run.teams if t.team_id == record.get("team")), None)
     if team is not None:
-        run.deliver([upload_reply(run.challenge, team, record)])
+        delivery.merge(run.deliver([upload_reply(run.challenge, team, record)], settle=False))
     else:
-        log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
+        log.warning("upload %r is from no registered team; recorded, nobody to answer", key)
     summary = {k: record.get(k) for k in ("key", "team", "status", "errors", "score")}
     return summary | {"precheck_status": record.get("precheck_status")}
 
