@@ -23,7 +23,7 @@ from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import Reminder, event_instant
 from mai_ops.infra.layout import final_upload_team, version_digest
 from mai_ops.notify.ledger import Notice
-from mai_ops.submissions.evaluation import runtime_ms
+from mai_ops.submissions.evaluation import retryable, runtime_ms
 from mai_ops.submissions.intake import final_deadline, utc_and_local
 
 
@@ -206,8 +206,12 @@ def _validation_reply(team: Team, record: dict) -> tuple[str, list[str]]:
         lines.append(f"Score: {record['score']:.6g}")
     for note in record.get("notes", []):
         lines.append(f"Note: {note}")
-    if record["status"] != "ok":
-        lines += ["", "Failed and rejected uploads do not count towards your limits."]
+    if record["status"] == "rejected":
+        lines += ["", "Rejected uploads do not count towards your limits."]
+    elif record["status"] == "failed" and retryable(record):
+        lines += ["", "This failure is on our side: it does not count towards your limits."]
+    elif record["status"] == "failed":
+        lines += ["", "This upload was checked: it counts towards your limits, like a passed one."]
     return f"upload {record['status']}", lines
 
 
