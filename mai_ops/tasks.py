@@ -259,21 +259,24 @@ def publish_preliminary_results(path, s3=None, send=None) -> dict:
 
 
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[list[str]]:
-    """Upload keys to process, in batches of one team's uploads, at most MAX_PER_RUN in all.
+    """Upload keys to process, in batches of one owner's uploads, shared fairly.
 
     ``events`` are the asset events' ``extra``: the trigger's payload (``uploads``)
     sits under ``payload``. Announced keys and a sweep of every upload without a
     record are merged, so a notification that never came (or a run that failed)
-    delays an answer but never loses it. A team's uploads stay in one batch, oldest
-    first, because its quota counts its earlier uploads; batches run side by side,
-    the oldest upload's first.
+    delays an answer but never loses it. The sweep also takes again an upload refused
+    as ``unknown_team`` when its team is registered now (the list was broken then).
+    Owners (``<track>/<phase>/<team>``) take turns, at most MAX_PER_OWNER uploads each
+    and MAX_PER_RUN in all (:func:`~mai_ops.submissions.validation.fair_batches`); a
+    team's uploads stay in one batch, oldest first, because its quota counts its
+    earlier uploads; batches run side by side, the oldest upload's first.
     """
-    from mai_ops.infra.layout import upload_owner
-    from mai_ops.submissions.validation import MAX_PER_RUN, pending_uploads
+    from mai_ops.submissions.validation import fair_batches, pending_uploads
 
     run = PhaseRun.open(path, s3)
-    pending = pending_uploads(run.s3, run.challenge)[:MAX_PER_RUN]  # oldest first
-    waiting = {u["key"] for u in pending}
+    pending = pending_uploads(run.s3, run.challenge, run.teams)  # oldest first
+    batches = fair_batches(pending)
+    waiting = {k for keys in batches for k in keys}
     announced = [
         u["key"]
         for extra in events or []
@@ -282,11 +285,11 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[lis
     ]
     missing = [k for k in announced if k not in waiting]
     if missing:
-        log.info("announced uploads already answered, gone or next: %s", ", ".join(missing[:10]))
-    batches: dict[str, list[str]] = {}
-    for upload in pending:
-        batches.setdefault(upload_owner(upload["key"]), []).append(upload["key"])
-    return list(batches.values())
+        shown = ", ".join(repr(k) for k in missing[:10])
+        log.info("announced uploads already answered, gone or next: %s", shown)
+    if len(waiting) < len(pending):
+        log.info("%d upload(s) left for the next run", len(pending) - len(waiting))
+    return batches
 
 
 def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:

@@ -19,8 +19,8 @@ import yaml
 from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
-from mai_ops.infra.layout import MAX_KEY_BYTES
-from mai_ops.infra.storage import list_objects
+from mai_ops.infra.layout import MAX_KEY_BYTES, upload_record_key
+from mai_ops.infra.storage import get_json, list_objects
 from mai_ops.notify.ledger import UndeliveredNotices
 from mai_ops.submissions.validation import pending_uploads
 
@@ -43,8 +43,19 @@ def put(s3, key: str, body: bytes | None = None) -> None:
 
 
 def process_all(path, s3) -> dict[str, dict]:
+    """One run of the validation server: collect, then each batch."""
     batches = tasks.collect_uploads(path, [], s3=s3)
     return {r["key"]: r for keys in batches for r in tasks.validate_uploads(path, keys)}
+
+
+def answer_everything(path, s3) -> dict[str, dict]:
+    """Runs until nothing is left (one run answers at most a few uploads per team)."""
+    answered: dict[str, dict] = {}
+    for _ in range(20):  # bounded: an upload that never gets its record fails the test
+        if not (results := process_all(path, s3)):
+            return answered
+        answered |= results
+    raise AssertionError(f"still answering after 20 runs: {sorted(answered)}")
 
 
 def result_keys(s3) -> list[str]:
@@ -69,11 +80,11 @@ def test_every_name_gets_exactly_one_answer(s3, airflow_connections):
     assert len(LONG.encode()) > 1000
     for key in ODD_NAMES:
         put(s3, key)
-    results = process_all(MAI2021, s3)
+    results = answer_everything(MAI2021, s3)
     assert set(results) == set(ODD_NAMES)
     assert results[ODD_NAMES[5]]["errors"][0]["code"] == "bad_key"
-    for key in set(ODD_NAMES) - {ODD_NAMES[5]}:
-        assert results[key]["errors"][0]["code"] == "missing_model", key
+    for key in set(ODD_NAMES) - {ODD_NAMES[5]}:  # judged on their merits (and the quota)
+        assert results[key]["errors"][0]["code"] in {"missing_model", "over_daily_limit"}, key
     assert pending_uploads(s3, CH) == []  # every record stored, none left to loop on
 
     mails = read_outbox(airflow_connections.folder)
@@ -291,3 +302,77 @@ def test_a_list_with_no_team_fails_loudly_naming_the_file_and_line(tmp_path, cap
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert "broken.csv" in err and said in err
+
+
+# --- an unknown_team refusal of our making is judged again ----------------------------------
+
+
+def test_an_upload_refused_by_a_broken_list_is_judged_again_once_it_is_fixed(
+    s3, airflow_connections, tmp_path
+):
+    # borealis's row is broken (a typo in its address): the row is skipped.
+    broken = HEADER + "aurora,Aurora,aurora@teams.example,\nborealis,Borealis,borealis-at-x,depth\n"
+    path = challenge_with(tmp_path, broken)
+    key = "depth/validation/borealis/a.zip"
+    put(s3, key)
+    put(s3, "depth/validation/mallory/a.zip")  # truly nobody's
+    first = process_all(path, s3)
+    assert first[key]["errors"][0]["code"] == "unknown_team"
+    assert read_outbox(airflow_connections.folder) == []  # nobody to answer
+    assert pending_uploads(s3, CH, load_teams_of(path)) == []  # same list: nothing to redo
+
+    fixed = challenge_with(tmp_path, broken.replace("borealis-at-x", "borealis@teams.example"))
+    assert [u["key"] for u in pending_uploads(s3, CH, load_teams_of(fixed))] == [key]
+    again = process_all(fixed, s3)
+    assert list(again) == [key] and again[key]["errors"][0]["code"] == "missing_model"
+    (mail,) = read_outbox(airflow_connections.folder)
+    assert mail["To"] == "borealis@teams.example"
+    # Judged for good now: no second run, no second email, the record replaced.
+    assert process_all(fixed, s3) == {}
+    assert tasks.validate_upload(fixed, key)["errors"][0]["code"] == "missing_model"
+    assert len(read_outbox(airflow_connections.folder)) == 1
+    etag = s3.head_object(Bucket=SUBMISSIONS, Key=key)["ETag"]
+    assert get_json(s3, RESULTS, upload_record_key(key, etag))["status"] == "failed"
+
+
+def load_teams_of(path):
+    from mai_ops.challenge.participants import load_teams
+
+    return load_teams(load_challenge(path), path)
+
+
+# --- fairness: one team's flood does not hold the others back --------------------------------
+
+
+def test_a_flood_gets_its_share_of_a_run_not_the_run(s3, airflow_connections, monkeypatch):
+    import mai_ops.submissions.validation as validation
+
+    monkeypatch.setattr(validation, "MAX_PER_RUN", 8)
+    for i in range(12):  # the flood comes first
+        put(s3, f"depth/validation/borealis/flood-{i:02d}.zip")
+    put(s3, "learned_isp/validation/aurora/a.zip")
+    put(s3, "learned_isp/validation/aurora/b.zip")
+    put(s3, "learned_isp/validation/cobalt/a.zip")
+    batches = tasks.collect_uploads(MAI2021, [], s3=s3)
+    assert batches == [
+        [f"depth/validation/borealis/flood-{i:02d}.zip" for i in range(validation.MAX_PER_OWNER)],
+        ["learned_isp/validation/aurora/a.zip", "learned_isp/validation/aurora/b.zip"],
+        ["learned_isp/validation/cobalt/a.zip"],
+    ]
+    for keys in batches:
+        tasks.validate_uploads(MAI2021, keys)
+    # The next run: the flood's next share, oldest first.
+    assert tasks.collect_uploads(MAI2021, [], s3=s3) == [
+        [f"depth/validation/borealis/flood-{i:02d}.zip" for i in range(5, 10)]
+    ]
+
+
+def test_a_flood_of_junk_is_refused_at_intake_past_the_daily_limit(s3, airflow_connections):
+    limit = CH.track("depth").limits.per_day
+    for i in range(limit + 2):
+        put(s3, f"depth/validation/borealis/junk-{i}.zip")  # no model: fails its checks
+    codes = []
+    for _ in range(3):
+        for r in process_all(MAI2021, s3).values():
+            codes.append(r["errors"][0]["code"])
+    assert codes == ["missing_model"] * limit + ["over_daily_limit"] * 2

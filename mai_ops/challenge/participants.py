@@ -14,6 +14,7 @@ problem of the list (:func:`check_participants_file`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import re
@@ -90,6 +91,12 @@ def parse_participants(
         seen.add(team_id)
         teams.append(Team(team_id, (row.get("team_name") or team_id).strip(), email, tracks))
     return teams, problems
+
+
+def registry_fingerprint(teams: list[Team]) -> str:
+    """A digest of what the upload rules read of the list: each team id and its tracks."""
+    rows = sorted(f"{t.team_id}:{','.join(sorted(t.tracks))}" for t in teams)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
 class ParticipantsError(NeedsOrganizer):

@@ -156,6 +156,21 @@ def team_records_prefix(upload_key: str) -> str:
     return UPLOAD_RECORDS + "/".join(upload_key.split("/")[:3]) + "/"
 
 
+UNKNOWN_TEAM_UPLOADS = "unknown-team/"
+
+
+def unknown_team_prefix(team: str) -> str:
+    """The uploads refused as ``unknown_team`` that name ``team`` (any string, hashed)."""
+    digest = hashlib.sha256(team.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{UNKNOWN_TEAM_UPLOADS}{digest}/"
+
+
+def unknown_team_key(upload_key: str, etag: str, team: str) -> str:
+    """A note that this stored version was refused as ``unknown_team``: the sweep judges
+    it again once its team is registered (the list may have been broken)."""
+    return f"{unknown_team_prefix(team)}{version_digest(upload_key, etag)}.json"
+
+
 FROZEN = "frozen/"
 FROZEN_MANIFEST = f"{FROZEN}manifest.json"
 
