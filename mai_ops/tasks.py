@@ -79,13 +79,20 @@ class PhaseRun:
     def teams(self) -> list[Team]:
         return load_teams(self.challenge, self.path, self.s3)
 
-    def deliver(self, notices: list[Notice]) -> DeliveryReport:
-        """Send each notice once (sent-markers in the results bucket)."""
+    def deliver(self, notices: list[Notice], settle: bool = True) -> DeliveryReport:
+        """Send each notice once (sent-markers in the results bucket).
+
+        A notice refused for its address does not stop the others; once they are sent,
+        ``settle`` fails the task naming it (else the caller settles the report later).
+        """
         if self._send is None:
             from mai_ops_airflow import hooks
 
             self._send = hooks.smtp_sender()
-        return deliver(notices, self._send, self.s3, self.challenge.buckets.results)
+        report = deliver(notices, self._send, self.s3, self.challenge.buckets.results)
+        if settle:
+            report.raise_for_failures()
+        return report
 
 
 def resolve_events(
@@ -252,21 +259,24 @@ def publish_preliminary_results(path, s3=None, send=None) -> dict:
 
 
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[list[str]]:
-    """Upload keys to process, in batches of one team's uploads, at most MAX_PER_RUN in all.
+    """Upload keys to process, in batches of one owner's uploads, shared fairly.
 
     ``events`` are the asset events' ``extra``: the trigger's payload (``uploads``)
     sits under ``payload``. Announced keys and a sweep of every upload without a
     record are merged, so a notification that never came (or a run that failed)
-    delays an answer but never loses it. A team's uploads stay in one batch, oldest
-    first, because its quota counts its earlier uploads; batches run side by side,
-    the oldest upload's first.
+    delays an answer but never loses it. The sweep also takes again an upload refused
+    as ``unknown_team`` when its team is registered now (the list was broken then).
+    Owners (``<track>/<phase>/<team>``) take turns, at most MAX_PER_OWNER uploads each
+    and MAX_PER_RUN in all (:func:`~mai_ops.submissions.validation.fair_batches`); a
+    team's uploads stay in one batch, oldest first, because its quota counts its
+    earlier uploads; batches run side by side, the oldest upload's first.
     """
-    from mai_ops.infra.layout import upload_owner
-    from mai_ops.submissions.validation import MAX_PER_RUN, pending_uploads
+    from mai_ops.submissions.validation import fair_batches, pending_uploads
 
     run = PhaseRun.open(path, s3)
-    pending = pending_uploads(run.s3, run.challenge)[:MAX_PER_RUN]  # oldest first
-    waiting = {u["key"] for u in pending}
+    pending = pending_uploads(run.s3, run.challenge, run.teams)  # oldest first
+    batches = fair_batches(pending)
+    waiting = {k for keys in batches for k in keys}
     announced = [
         u["key"]
         for extra in events or []
@@ -275,11 +285,11 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[lis
     ]
     missing = [k for k in announced if k not in waiting]
     if missing:
-        log.info("announced uploads already answered, gone or next: %s", ", ".join(missing[:10]))
-    batches: dict[str, list[str]] = {}
-    for upload in pending:
-        batches.setdefault(upload_owner(upload["key"]), []).append(upload["key"])
-    return list(batches.values())
+        shown = ", ".join(repr(k) for k in missing[:10])
+        log.info("announced uploads already answered, gone or next: %s", shown)
+    if len(waiting) < len(pending):
+        log.info("%d upload(s) left for the next run", len(pending) - len(waiting))
+    return batches
 
 
 def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:
@@ -289,10 +299,12 @@ def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:
     score); ``precheck_status`` in its result says how the pre-check went.
     """
     run = PhaseRun.open(path, s3, send)
-    results = [_answer_upload(run, key) for key in keys]
+    delivery = DeliveryReport()
+    results = [_answer_upload(run, key, delivery) for key in keys]
     registered = {t.team_id for t in run.teams}
     for team_id in dict.fromkeys(r["team"] for r in results if r["team"] in registered):
         log_team_history(run, team_id)
+    delivery.raise_for_failures()  # every upload is judged and stored; a reply is missing
     return results
 
 
@@ -301,15 +313,15 @@ def validate_upload(path, key, s3=None, send=None) -> dict:
     return validate_uploads(path, [key], s3, send)[0]
 
 
-def _answer_upload(run: PhaseRun, key: str) -> dict:
+def _answer_upload(run: PhaseRun, key: str, delivery: DeliveryReport) -> dict:
     from mai_ops.submissions.validation import process_upload
 
     record = process_upload(run.s3, run.challenge, run.teams, key)
     team = next((t for t in run.teams if t.team_id == record.get("team")), None)
     if team is not None:
-        run.deliver([upload_reply(run.challenge, team, record)])
+        delivery.merge(run.deliver([upload_reply(run.challenge, team, record)], settle=False))
     else:
-        log.warning("upload %s is from no registered team; recorded, nobody to answer", key)
+        log.warning("upload %r is from no registered team; recorded, nobody to answer", key)
     summary = {k: record.get(k) for k in ("key", "team", "status", "errors", "score")}
     return summary | {"precheck_status": record.get("precheck_status")}
 

@@ -101,6 +101,9 @@ def ev(name: str) -> str:
 
 def write_variant(tmp_path: Path, mutate: Mutation, name: str = "broken.yaml") -> Path:
     doc = base()
+    participants = doc.get("participants") or {}
+    if participants.get("source") == "file":  # `validate` reads the list: keep it found
+        participants["path"] = str((MAI2021.parent / participants["path"]).resolve())
     mutate(doc)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")

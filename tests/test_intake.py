@@ -12,6 +12,7 @@ the same track, the depth reference model and a small Keras model for conversion
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -197,11 +198,22 @@ def test_exactly_at_the_daily_limit():
     assert code_of(up(), four + [past(FEB1 - minutes(30))]) == "over_daily_limit"
 
 
-def test_failed_checks_and_rejected_uploads_do_not_use_the_quota():
-    spent = [past(FEB1 - minutes(m), "failed") for m in range(1, 11)]
-    spent += [past(FEB1 - minutes(m), "rejected") for m in range(11, 21)]
+def test_rejected_uploads_and_our_failures_do_not_use_the_quota():
+    spent = [past(FEB1 - minutes(m), "rejected") for m in range(1, 11)]
+    spent += [  # failed for a reason of ours (internal_error): not held against the team
+        dataclasses.replace(past(FEB1 - minutes(m), "failed"), ours=True) for m in range(11, 21)
+    ]
     spent += [past(FEB1 - minutes(m)) for m in range(21, 25)]  # 4 ok
     assert judge(up(), spent)
+
+
+def test_failed_checks_use_the_quota_so_junk_costs_the_flooder():
+    junk = [past(FEB1 - minutes(m), "failed") for m in range(1, 5)]
+    assert judge(up(), junk)  # 4 checked: the 5th is fine
+    junk.append(past(FEB1 - minutes(5), "ok"))
+    with pytest.raises(IntakeError, match="passed or failed") as caught:
+        judge(up(), junk)
+    assert caught.value.code == "over_daily_limit"
 
 
 def test_the_utc_day_decides_and_the_next_utc_day_resets():
@@ -227,7 +239,7 @@ def test_over_daily_limit_message_gives_the_reset_in_utc_and_local_time():
     with pytest.raises(IntakeError) as caught:
         judge(up(), five)
     msg = caught.value.message
-    assert "2021-02-01 (the UTC day" in msg and "failed checks" in msg
+    assert "2021-02-01 (the UTC day" in msg and "every checked upload counts" in msg
     assert "2021-02-02 00:00:00 UTC (2021-02-01 16:00:00 PST, America/Los_Angeles)" in msg
 
 
@@ -237,8 +249,10 @@ def test_total_limit_counts_every_day_and_exactly_at_the_limit_passes():
     assert judge(up(), [past(t) for t in days[:99]])  # the 100th of 100
     with pytest.raises(IntakeError, match="all 100 validation submissions"):
         judge(up(), [past(t) for t in days])
-    # Failed ones among them do not count.
-    assert judge(up(), [past(t, "failed" if i % 2 else "ok") for i, t in enumerate(days)])
+    # Failed checks among them count too; rejected ones do not.
+    with pytest.raises(IntakeError, match="all 100 validation submissions"):
+        judge(up(), [past(t, "failed" if i % 2 else "ok") for i, t in enumerate(days)])
+    assert judge(up(), [past(t, "rejected" if i % 2 else "ok") for i, t in enumerate(days)])
 
 
 def test_other_teams_tracks_and_phases_do_not_count():
@@ -364,7 +378,7 @@ def test_re_judging_gives_the_same_answer():
             )
         )
     assert decisions["learned_isp/validation/aurora/02.zip"] == "duplicate"
-    assert list(decisions.values()).count(None) == 7  # 5 ok + 2 failed, then the limit
+    assert list(decisions.values()).count(None) == 5  # 3 ok + 2 failed, then the limit
     assert "over_daily_limit" in decisions.values()
     for _ in range(3):
         rng.shuffle(history)

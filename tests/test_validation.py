@@ -41,8 +41,13 @@ def put_zip(s3, key: str, members: dict[str, bytes]) -> None:
 
 
 def process_all(s3) -> dict[str, dict]:
-    batches = tasks.collect_uploads(MAI2021, [], s3=s3)
-    return {r["key"]: r for keys in batches for r in tasks.validate_uploads(MAI2021, keys)}
+    """Runs of the validation server until nothing is left (each takes a few per team)."""
+    answered: dict[str, dict] = {}
+    for _ in range(20):  # bounded: an upload that never gets its record fails the test
+        if not (batches := tasks.collect_uploads(MAI2021, [], s3=s3)):
+            return answered
+        answered |= {r["key"]: r for keys in batches for r in tasks.validate_uploads(MAI2021, keys)}
+    raise AssertionError(f"still answering after 20 runs: {sorted(answered)}")
 
 
 def mail_for(outbox, key: str):
@@ -107,7 +112,7 @@ def test_reprocessing_gives_the_same_record_and_no_second_email(s3, airflow_conn
     assert len(read_outbox(airflow_connections.folder)) == 1
 
 
-def test_duplicate_and_failed_uploads_do_not_use_the_quota(s3, airflow_connections):
+def test_duplicate_and_failed_uploads_are_answered_with_their_codes(s3, airflow_connections):
     put_zip(s3, "depth/validation/borealis/1.zip", {"model.tflite": reference_model("depth")})
     process_all(s3)
     same = s3.get_object(Bucket=CH.buckets.submissions, Key="depth/validation/borealis/1.zip")

@@ -13,8 +13,10 @@ from mai_ops.challenge.config import (
     default_challenges_dir,
     find_challenge_file,
     load_challenge,
+    read_challenge,
     validate_files,
 )
+from mai_ops.challenge.participants import check_participants_file
 from mai_ops.challenge.timeline import timeline_rows
 
 
@@ -36,11 +38,17 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"no challenge files in {default_challenges_dir()}", file=sys.stderr)
         return 1
     problems = validate_files(paths)
+    bad_files = {p.file for p in problems if p.severity == "error"}
+    for path in paths:  # the registered teams, when the list is a file next to it
+        challenge, _ = read_challenge(path)
+        found = check_participants_file(challenge, path) if challenge is not None else []
+        problems += found
+        if any(p.severity == "error" for p in found):
+            bad_files.add(str(path))
     for problem in problems:
         print(problem, file=sys.stderr if problem.severity == "error" else sys.stdout)
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
-    bad_files = {p.file for p in problems if p.severity == "error"}
     print(
         f"{len(paths) - len(bad_files)} of {len(paths)} file(s) valid, "
         f"{errors} error(s), {warnings} warning(s)"

@@ -176,9 +176,16 @@ def ensure_buckets(s3: Any, names: Iterable[str]) -> list[str]:
 class _MaildirHandler:
     """aiosmtpd handler: one ``.eml`` file per message, named by its content hash."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, refused: set[str]):
         self.folder = folder
+        self.refused = refused
         self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        if address.lower() in self.refused:
+            return f"550 5.1.1 <{address}>: recipient address rejected"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
         data = envelope.original_content or envelope.content
@@ -194,11 +201,15 @@ class _MaildirHandler:
 
 @dataclass
 class LocalSMTP:
-    """An SMTP server on loopback that writes every message to ``folder``."""
+    """An SMTP server on loopback that writes every message to ``folder``.
+
+    ``refused``: addresses it rejects at RCPT (550), as a relay rejects an unknown mailbox.
+    """
 
     folder: Path
     host: str = "127.0.0.1"
     port: int = 0
+    refused: set[str] = field(default_factory=set)
     _controller: Any = field(default=None, repr=False)
 
     def start(self) -> LocalSMTP:
@@ -207,7 +218,7 @@ class LocalSMTP:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(self.host)
         self._controller = Controller(
-            _MaildirHandler(self.folder), hostname=self.host, port=self.port
+            _MaildirHandler(self.folder, self.refused), hostname=self.host, port=self.port
         )
         self._controller.start()
         return self

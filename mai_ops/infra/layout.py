@@ -8,7 +8,12 @@ what is the challenge's ``buckets`` (organizers, public, submissions, results).
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
+
+# S3 (and MinIO) refuse object keys longer than this many bytes (UTF-8).
+MAX_KEY_BYTES = 1024
 
 # --- submissions bucket: <track>/<phase>/<team>/<filename> -----------------------------
 
@@ -102,20 +107,68 @@ def final_upload_team(key: str) -> str | None:
 UPLOAD_RECORDS = "uploads/"
 
 
+# A long upload key's record sits under its owner with this mark and a digest instead.
+LONG_KEY_MARK = "~long"
+_OWNER_BYTES = 256
+
+
+def version_digest(upload_key: str, etag: str) -> str:
+    """A digest of one stored version of an upload: its exact key and its ETag."""
+    exact = f"{upload_key}\n{etag.strip(chr(34))}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(exact).hexdigest()
+
+
 def upload_record_key(upload_key: str, etag: str) -> str:
-    """One record per stored version: a re-upload under the same name is a new upload."""
-    return f"{UPLOAD_RECORDS}{upload_key}/{etag.strip(chr(34))}.json"
+    """One record per stored version: a re-upload under the same name is a new upload.
+
+    ``uploads/<upload key>/<etag>.json``, unless that is longer than S3 allows (an
+    upload key near the 1024-byte limit): then ``uploads/<owner>/~long/<digest>/<etag>.json``,
+    still under the owner's records (:func:`team_records_prefix`). The record itself
+    holds the exact key and etag; read those, not the record's key.
+    """
+    etag = etag.strip(chr(34))
+    plain = f"{UPLOAD_RECORDS}{upload_key}/{etag}.json"
+    if _fits(plain):
+        return plain
+    owner = upload_owner(upload_key)
+    owner = owner if owner != upload_key and len(owner.encode()) <= _OWNER_BYTES else ""
+    shown = etag if re.fullmatch(r"[A-Za-z0-9-]{1,64}", etag) else "v"
+    digest = version_digest(upload_key, etag)
+    return f"{UPLOAD_RECORDS}{owner}{'/' if owner else ''}{LONG_KEY_MARK}/{digest}/{shown}.json"
 
 
 def parse_upload_record_key(key: str) -> tuple[str, str]:
-    """(upload key, etag) of a record key written by :func:`upload_record_key`."""
+    """(upload key, etag) of a record key written by :func:`upload_record_key`.
+
+    Exact for every upload key short enough to be spelled out in its record key; for a
+    long one the record's own ``key`` and ``etag`` are the truth.
+    """
     upload, _, etag = key[len(UPLOAD_RECORDS) : -len(".json")].rpartition("/")
     return upload, etag
+
+
+def _fits(key: str) -> bool:
+    return len(key.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
 
 
 def team_records_prefix(upload_key: str) -> str:
     """The records of every upload with the same track, phase and team as ``upload_key``."""
     return UPLOAD_RECORDS + "/".join(upload_key.split("/")[:3]) + "/"
+
+
+UNKNOWN_TEAM_UPLOADS = "unknown-team/"
+
+
+def unknown_team_prefix(team: str) -> str:
+    """The uploads refused as ``unknown_team`` that name ``team`` (any string, hashed)."""
+    digest = hashlib.sha256(team.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{UNKNOWN_TEAM_UPLOADS}{digest}/"
+
+
+def unknown_team_key(upload_key: str, etag: str, team: str) -> str:
+    """A note that this stored version was refused as ``unknown_team``: the sweep judges
+    it again once its team is registered (the list may have been broken)."""
+    return f"{unknown_team_prefix(team)}{version_digest(upload_key, etag)}.json"
 
 
 FROZEN = "frozen/"

@@ -73,6 +73,8 @@ def sha256_of_object(s3: Any, bucket: str, key: str) -> str:
 
 
 def put_json(s3: Any, bucket: str, key: str, data: Any) -> None:
+    if len(key.encode("utf-8", "surrogatepass")) > 1024:  # S3 refuses it; so do we, everywhere
+        raise ValueError(f"object key of {len(key.encode())} bytes, over S3's 1024: {key[:80]!r}…")
     body = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
     s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
 

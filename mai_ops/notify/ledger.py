@@ -5,19 +5,42 @@ from the time it was sent. Before sending, the results bucket is asked whether a
 marker for that key exists; after sending, the marker is written. Clearing and
 re-running a task therefore sends nothing twice, and a task that failed halfway
 sends only what is still missing.
+
+One address the mail server refuses (a recipient it rejects, an address it cannot
+carry) fails that one notice, with the server's reason, and the others are still
+sent: :attr:`DeliveryReport.failed` lists them, and :meth:`DeliveryReport.raise_for_failures`
+fails the task once everything else is done. No marker is written for a refused
+notice, so a re-run sends only what is missing. A relay that is down or refuses us
+(connection, authentication, our sender address) stops the delivery at once: every
+notice would fail the same way, and a retry sends what is left.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
+import smtplib
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mai_ops.errors import NeedsOrganizer
 from mai_ops.infra.layout import notice_marker_key
 from mai_ops.infra.storage import object_exists, put_json
 
-_KEY = re.compile(r"^[A-Za-z0-9._/-]+$")
+_KEY = re.compile(r"^[A-Za-z0-9._/~-]+$")
+MAX_KEY_CHARS = 400  # the marker key stays far below S3's 1024 bytes
+MAX_SUBJECT_CHARS = 200
+MAX_HEADER_CHARS = 120
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+log = logging.getLogger(__name__)
+
+
+def clean_subject(subject: str) -> str:
+    """A subject fit for one header line: no CR, LF or other control characters, bounded."""
+    text = re.sub(r"\s+", " ", _CONTROL.sub(" ", subject)).strip()
+    return text if len(text) <= MAX_SUBJECT_CHARS else text[: MAX_SUBJECT_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -28,17 +51,108 @@ class Notice:
     body: str
 
     def __post_init__(self) -> None:
-        if not _KEY.match(self.key) or ".." in self.key:
-            raise ValueError(f"notice key {self.key!r} must be a plain path of [A-Za-z0-9._-/]")
+        if not _KEY.match(self.key) or ".." in self.key or len(self.key) > MAX_KEY_CHARS:
+            raise ValueError(
+                f"notice key {self.key!r} must be a plain path of [A-Za-z0-9._-/~], "
+                f"at most {MAX_KEY_CHARS} characters"
+            )
+        object.__setattr__(self, "subject", clean_subject(self.subject))
+
+    @property
+    def header(self) -> str:
+        """The notice key for an email header (``X-MAI-Notice``): short, ASCII, one line.
+
+        A long key keeps its start and ends with a digest of the whole key.
+        """
+        if len(self.key) <= MAX_HEADER_CHARS:
+            return self.key
+        digest = hashlib.sha256(self.key.encode()).hexdigest()[:24]
+        return f"{self.key[: MAX_HEADER_CHARS - 26]}~~{digest}"
+
+
+class NoticeRefused(Exception):
+    """This one notice cannot be delivered (its address); the others still can.
+
+    ``transient``: the server asked to try again later (a 4xx reply).
+    """
+
+    def __init__(self, reason: str, transient: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+class UndeliveredNotices(NeedsOrganizer):
+    """Notices refused for their addresses; every other notice was sent.
+
+    An organizer corrects the addresses (the participants list) and clears the task:
+    the re-run sends only the missing notices.
+    """
+
+
+class NoticesDeferred(RuntimeError):
+    """Notices the mail server asked to try again later; a retry sends only those."""
+
+
+def refusal(exc: BaseException) -> NoticeRefused | None:
+    """Whether ``exc``, raised by a sender, concerns this notice only; None if the relay's."""
+    if isinstance(exc, NoticeRefused):
+        return exc
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        replies = [
+            f"{code} {msg.decode(errors='replace') if isinstance(msg, bytes) else msg}"
+            for code, msg in exc.recipients.values()
+        ]
+        transient = all(400 <= code < 500 for code, _ in exc.recipients.values())
+        return NoticeRefused(
+            f"the mail server refused the recipient: {'; '.join(replies)}", transient
+        )
+    if isinstance(exc, smtplib.SMTPDataError):
+        msg = exc.smtp_error
+        text = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
+        return NoticeRefused(
+            f"the mail server refused the message: {exc.smtp_code} {text}",
+            400 <= exc.smtp_code < 500,
+        )
+    if isinstance(exc, smtplib.SMTPNotSupportedError | UnicodeEncodeError):
+        return NoticeRefused(f"the address cannot be sent to: {exc}")
+    return None
 
 
 @dataclass
 class DeliveryReport:
     sent: list[str] = field(default_factory=list)
     already_sent: list[str] = field(default_factory=list)
+    # "<notice key>: <address>: <reason>" of each notice not delivered
+    failed: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, list[str]]:
         return asdict(self)
+
+    def merge(self, other: DeliveryReport) -> DeliveryReport:
+        for name in ("sent", "already_sent", "failed", "deferred"):
+            getattr(self, name).extend(getattr(other, name))
+        return self
+
+    def raise_for_failures(self) -> None:
+        """Fail the task when a notice was not delivered (after every other was sent).
+
+        Refused addresses need an organizer (fail at once); notices the server only
+        deferred are retried.
+        """
+        sent = f"{len(self.sent)} sent, {len(self.already_sent)} sent before"
+        if self.failed:
+            raise UndeliveredNotices(
+                f"{len(self.failed)} email(s) refused by the mail server ({sent}); correct "
+                "the address in the participants list, then clear the task to send only "
+                "these: " + " | ".join(self.failed + self.deferred)
+            )
+        if self.deferred:
+            raise NoticesDeferred(
+                f"{len(self.deferred)} email(s) deferred by the mail server ({sent}); the "
+                "retry sends only these: " + " | ".join(self.deferred)
+            )
 
 
 def marker_key(notice: Notice) -> str:
@@ -51,14 +165,27 @@ def deliver(
     s3: Any,
     bucket: str,
 ) -> DeliveryReport:
-    """Send each notice not sent before; ``send`` raises on failure, which stops here."""
+    """Send each notice not sent before.
+
+    A notice refused for its address (:func:`refusal`) is reported in ``failed`` (or
+    ``deferred``) and the others are sent; any other error of ``send`` stops here.
+    """
     report = DeliveryReport()
     for notice in notices:
         key = marker_key(notice)
         if object_exists(s3, bucket, key):
             report.already_sent.append(notice.key)
             continue
-        send(notice)
+        try:
+            send(notice)
+        except Exception as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            line = f"{notice.key}: {notice.to!r}: {refused.reason}"
+            log.error("email not delivered: %s", line)
+            (report.deferred if refused.transient else report.failed).append(line)
+            continue
         put_json(s3, bucket, key, {"to": notice.to, "subject": notice.subject})
         report.sent.append(notice.key)
     return report

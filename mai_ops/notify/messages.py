@@ -16,13 +16,14 @@ The notice key says what the email is about, never when it was sent.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from mai_ops.challenge.config import Challenge, Event
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import Reminder, event_instant
-from mai_ops.infra.layout import final_upload_team
+from mai_ops.infra.layout import final_upload_team, version_digest
 from mai_ops.notify.ledger import Notice
-from mai_ops.submissions.evaluation import runtime_ms
+from mai_ops.submissions.evaluation import retryable, runtime_ms
 from mai_ops.submissions.intake import final_deadline, utc_and_local
 
 
@@ -133,13 +134,38 @@ def _model_lines(checks: dict) -> list[str]:
     return lines
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9._/-]{1,200}")
+_PLAIN_ETAG = re.compile(r"[A-Za-z0-9-]{1,64}")
+_READABLE_CHARS = 96
+
+
 def upload_notice_prefix(challenge_id: str, upload_key: str, etag: str) -> str:
     """What the keys of every reply about one stored version of an upload start with.
 
     A reply's key is ``<prefix>/<status>``: one email per outcome of that version.
+    A plain upload key (ASCII letters, digits, ``._/-``, no ``..``, at most 200
+    characters) is spelled out as it is: ``<id>/upload/<key>/<etag>``, the keys of
+    every reply sent so far. Any other key (spaces, accents, CJK, ``..``, control
+    characters, a very long one) gets a readable, cut-down ASCII form followed by
+    ``~`` and a digest of the exact key and ETag: ``<id>/upload/<readable>~<digest>/<etag>``.
+    No plain key has a ``~``, so two different uploads never share a prefix (``a b.zip``
+    and ``a_b.zip`` included), and the prefix stays short enough for any sent-marker.
     """
-    key = "".join(c if c.isalnum() or c in "._/-" else "_" for c in upload_key)
-    return f"{challenge_id}/upload/{key}/{etag}"
+    etag = etag.strip('"')
+    if _PLAIN_KEY.fullmatch(upload_key) and ".." not in upload_key and _PLAIN_ETAG.fullmatch(etag):
+        return f"{challenge_id}/upload/{upload_key}/{etag}"
+    readable = re.sub(r"[^A-Za-z0-9._/-]+", "_", upload_key)
+    readable = re.sub(r"\.{2,}", ".", readable)[:_READABLE_CHARS].strip("/") or "_"
+    shown = etag if _PLAIN_ETAG.fullmatch(etag) else "v"
+    return f"{challenge_id}/upload/{readable}~{version_digest(upload_key, etag)[:32]}/{shown}"
+
+
+def shown_key(key: str | None, limit: int = 300) -> str:
+    """An upload key as a team reads it in an email: control characters escaped, cut short."""
+    text = "".join(
+        c if c.isprintable() else (c.encode("unicode_escape").decode() or "?") for c in key or ""
+    )
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
@@ -158,13 +184,13 @@ def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
     return Notice(
         key=f"{prefix}/{record['status']}",
         to=team.email,
-        subject=f"[{challenge.title}] {record['track']}: {subject}",
+        subject=f"[{challenge.title}] {shown_key(record['track'], 60)}: {subject}",
         body="\n".join(lines) + "\n",
     )
 
 
 def _validation_reply(team: Team, record: dict) -> tuple[str, list[str]]:
-    lines = [f"Dear {team.name},", "", f"Your upload {record['key']}"]
+    lines = [f"Dear {team.name},", "", f"Your upload {shown_key(record['key'])}"]
     digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
     lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
     status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
@@ -180,8 +206,12 @@ def _validation_reply(team: Team, record: dict) -> tuple[str, list[str]]:
         lines.append(f"Score: {record['score']:.6g}")
     for note in record.get("notes", []):
         lines.append(f"Note: {note}")
-    if record["status"] != "ok":
-        lines += ["", "Failed and rejected uploads do not count towards your limits."]
+    if record["status"] == "rejected":
+        lines += ["", "Rejected uploads do not count towards your limits."]
+    elif record["status"] == "failed" and retryable(record):
+        lines += ["", "This failure is on our side: it does not count towards your limits."]
+    elif record["status"] == "failed":
+        lines += ["", "This upload was checked: it counts towards your limits, like a passed one."]
     return f"upload {record['status']}", lines
 
 
@@ -210,7 +240,7 @@ def _precheck_reply(challenge: Challenge, team: Team, record: dict) -> tuple[str
     lines = [
         f"Dear {team.name},",
         "",
-        f"Your final submission {record['key']}",
+        f"Your final submission {shown_key(record['key'])}",
         f"was received by the server at {received}",
     ]
     if record.get("sha256"):
@@ -227,7 +257,7 @@ def _precheck_reply(challenge: Challenge, team: Team, record: dict) -> tuple[str
         when = "the final deadline (its date is not fixed yet)"
     else:
         when = f"the deadline, {utc_and_local(deadline, challenge)}"
-    folder = "/".join(record["key"].split("/")[:3]) + "/"
+    folder = shown_key("/".join(record["key"].split("/")[:3]) + "/")
     lines += [""]
     if any(e["code"] == "late" for e in record["errors"]):
         lines += ["This upload arrived after the deadline: it is not part of the final set."]
@@ -271,9 +301,9 @@ def receipt_notices(
         late = [r for r in manifest["rejected"] if final_upload_team(r["key"]) == team.team_id]
         if not mine and not gaps and not late:
             continue
-        lines = [f"- {f['track']}: {f['source']} sha256 {f['sha256']}" for f in mine]
+        lines = [f"- {f['track']}: {shown_key(f['source'])} sha256 {f['sha256']}" for f in mine]
         lines += [f"- {track}: NO final submission received" for track in gaps]
-        lines += [f"- NOT accepted: {r['key']}: {r['reason']}" for r in late]
+        lines += [f"- NOT accepted: {shown_key(r['key'])}: {r['reason']}" for r in late]
         notices.append(
             Notice(
                 key=receipt_notice_key(challenge.id, team.team_id, early),

@@ -34,6 +34,7 @@ from mai_ops.challenge.participants import Team
 from mai_ops.errors import clean_message
 from mai_ops.infra.layout import (
     FROZEN_MANIFEST,
+    LONG_KEY_MARK,
     UPLOAD_RECORDS,
     final_upload_team,
     is_final_upload,
@@ -152,9 +153,13 @@ def _validation_entries(s3: Any, challenge: Challenge, team_id: str) -> dict[tup
     found = {}
     for obj in list_objects(s3, results, UPLOAD_RECORDS):
         upload, etag = parse_upload_record_key(obj["Key"])
-        if _team_of(upload) != team_id:
+        long_key = f"/{LONG_KEY_MARK}/" in obj["Key"]  # spelled as a digest: read the record
+        if _team_of(upload) != team_id and not long_key:
             continue
         record = get_json(s3, results, obj["Key"])
+        upload, etag = record.get("key", upload), record.get("etag", etag)
+        if _team_of(upload) != team_id:
+            continue
         entry = _entry(upload, etag, record.get("uploaded_at"), record.get("status", "?"))
         _with_record(entry, record, obj["Key"])
         prefix = notice_markers_prefix(upload_notice_prefix(challenge.id, upload, etag))

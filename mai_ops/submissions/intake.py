@@ -37,10 +37,14 @@ Decisions (docs/participants.md explains them to teams):
   is not fixed yet closes nothing.
 - Limits (the track's ``limits.per_day`` and ``limits.total``, counted per track and
   team, in the validation phase only): only the team's EARLIER uploads count, ordered by
-  ``(uploaded_at, key)``, and only those whose status is ``"ok"`` (checks passed).
-  Failed checks and rejected uploads do not use the quota, as on Codalab/Codabench.
-  The day is the UTC calendar day of ``uploaded_at`` (Codalab's); the message gives the
-  next reset in UTC and in the challenge's zone.
+  ``(uploaded_at, key)``, and only those that were checked: status ``"ok"`` (passed) or
+  ``"failed"`` for a reason of the submission's (its checks ran and failed). Junk costs
+  the team that sends it, not the other teams waiting for the server: past the limit,
+  a flood is refused at intake, before any check runs. Rejected uploads (the rules
+  refused them, nothing was checked) and failures of ours (``PastUpload.ours``: a
+  registered code with ``retry``, e.g. ``internal_error``) do not count. The day is the
+  UTC calendar day of ``uploaded_at`` (Codalab's); the message gives the next reset in
+  UTC and in the challenge's zone.
 - Duplicates (validation phase only): the same sha256 as an earlier validation upload
   of the same team and track whose status is ``"ok"`` or ``"failed"`` (the same bytes
   give the same result); a rejected upload may be sent again unchanged. The message
@@ -101,7 +105,11 @@ class Upload:
 
 @dataclass(frozen=True)
 class PastUpload:
-    """An earlier upload and what became of it: ``ok``, ``failed`` or ``rejected``."""
+    """An earlier upload and what became of it: ``ok``, ``failed`` or ``rejected``.
+
+    ``ours``: it failed for a reason of ours (a code the registry retries), so it does
+    not use the team's quota.
+    """
 
     key: str
     track: str
@@ -110,6 +118,7 @@ class PastUpload:
     uploaded_at: dt.datetime
     sha256: str
     status: str
+    ours: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -231,14 +240,14 @@ def judge_upload(
             "before uploading it again",
         )
 
-    counted = [h for h in earlier if h.status == "ok"]
+    counted = [h for h in earlier if h.status == "ok" or (h.status == "failed" and not h.ours)]
     limits = track.limits
     if len(counted) >= limits.total:
         raise refuse(
             "over_total_limit",
             f"team {team.team_id} has used all {limits.total} {path.phase} submissions for "
-            f"{track.id} ({len(counted)} passed their checks; failed checks and rejected "
-            "uploads are not counted)",
+            f"{track.id} ({len(counted)} were checked, passed or failed; rejected uploads "
+            "and failures on our side are not counted)",
         )
     day = at.date()
     today = [h for h in counted if _utc(h.uploaded_at).date() == day]
@@ -247,8 +256,9 @@ def judge_upload(
         raise refuse(
             "over_daily_limit",
             f"team {team.team_id} has used all {limits.per_day} {path.phase} submissions for "
-            f"{track.id} on {day.isoformat()} (the UTC day; failed checks and rejected uploads "
-            f"are not counted); the count restarts at {utc_and_local(reset, challenge)}",
+            f"{track.id} on {day.isoformat()} (the UTC day; every checked upload counts, passed "
+            "or failed; rejected uploads and failures on our side do not); the count restarts "
+            f"at {utc_and_local(reset, challenge)}",
         )
     return path
 

@@ -24,43 +24,98 @@ from pathlib import Path
 from typing import Any
 
 from mai_ops.challenge.config import Challenge
-from mai_ops.challenge.participants import Team
+from mai_ops.challenge.participants import Team, registry_fingerprint
 from mai_ops.infra.layout import (
     UPLOAD_RECORDS,
     is_final_upload,
     loose_upload_key,
-    parse_upload_record_key,
     team_records_prefix,
+    unknown_team_key,
+    unknown_team_prefix,
     upload_record_key,
 )
 from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
 from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
 
-# A run answers at most this many uploads per track; the next run takes the rest.
+# A run answers at most this many uploads in all, and at most MAX_PER_OWNER of one
+# owner's (``<track>/<phase>/<team>``), taken round-robin; the next run takes the rest.
 MAX_PER_RUN = 200
+MAX_PER_OWNER = 5
 
 
-def _recorded(s3: Any, challenge: Challenge) -> set[tuple[str, str]]:
-    done = set()
-    for obj in list_objects(s3, challenge.buckets.results, UPLOAD_RECORDS):
-        done.add(parse_upload_record_key(obj["Key"]))
-    return done
+def _recorded(s3: Any, challenge: Challenge) -> set[str]:
+    """The keys of every stored record (compared with :func:`upload_record_key`)."""
+    return {obj["Key"] for obj in list_objects(s3, challenge.buckets.results, UPLOAD_RECORDS)}
 
 
-def pending_uploads(s3: Any, challenge: Challenge) -> list[dict]:
+def pending_uploads(s3: Any, challenge: Challenge, teams: list[Team] | None = None) -> list[dict]:
     """Uploads with no record yet, oldest first: what a sweep must process.
 
     Everything in the submissions bucket: validation uploads, final uploads (their
-    pre-check) and misplaced uploads alike, so nothing is ignored.
+    pre-check) and misplaced uploads alike, so nothing is ignored. With ``teams``, also
+    every upload refused as ``unknown_team`` whose team is registered now, by a list
+    other than the one it was judged against (:func:`stale_unknown_team`).
     """
     done = _recorded(s3, challenge)
-    found = []
+    found, stored = [], {}
     for obj in list_objects(s3, challenge.buckets.submissions):
         key, etag = obj["Key"], obj["ETag"].strip('"')
-        if (key, etag) in done or key.endswith("/"):
+        if key.endswith("/"):
             continue
-        found.append({"key": key, "uploaded_at": obj["LastModified"].isoformat()})
+        upload = {"key": key, "uploaded_at": obj["LastModified"].isoformat()}
+        stored[(key, etag)] = upload
+        if upload_record_key(key, etag) not in done:
+            found.append(upload)
+    fingerprint = registry_fingerprint(teams or [])
+    for team in teams or []:
+        for obj in list_objects(s3, challenge.buckets.results, unknown_team_prefix(team.team_id)):
+            note = get_json(s3, challenge.buckets.results, obj["Key"])
+            upload = stored.get((note["key"], note["etag"]))
+            if upload is not None and note.get("registry") != fingerprint:
+                found.append(upload)
+    found = list({u["key"]: u for u in found}.values())
     return sorted(found, key=lambda u: (u["uploaded_at"], u["key"]))
+
+
+def stale_unknown_team(record: dict, teams: list[Team]) -> bool:
+    """A record refused as ``unknown_team`` whose team is registered now: judge it again.
+
+    The refusal was of our making (the list was wrong or broken when it was judged), so
+    the upload deserves the verdict the fixed list gives.
+    """
+    codes = [e["code"] for e in record.get("errors") or []]
+    return (
+        codes == ["unknown_team"]
+        and any(t.team_id == record.get("team") for t in teams)
+        and record.get("registry") != registry_fingerprint(teams)
+    )
+
+
+def fair_batches(pending: list[dict]) -> list[list[str]]:
+    """The uploads a run answers, as one batch per owner, fairly shared.
+
+    ``pending`` is oldest first (:func:`pending_uploads`). Owners take turns, oldest
+    waiting first: every owner's oldest upload, then every owner's second, ... up to
+    MAX_PER_OWNER each and MAX_PER_RUN in all. A team flooding the server gets its
+    share of a run, not the run, and its batch holds a pool slot for at most
+    MAX_PER_OWNER answers. Each batch keeps its owner's uploads oldest first (their
+    quota counts the earlier ones); batches come in the order of their oldest upload.
+    """
+    from mai_ops.infra.layout import upload_owner
+
+    queues: dict[str, list[str]] = {}
+    for upload in pending:
+        queues.setdefault(upload_owner(upload["key"]), []).append(upload["key"])
+    taken: dict[str, list[str]] = {owner: [] for owner in queues}
+    total = 0
+    for turn in range(MAX_PER_OWNER):
+        for owner, keys in queues.items():
+            if total >= MAX_PER_RUN:
+                break
+            if turn < len(keys):
+                taken[owner].append(keys[turn])
+                total += 1
+    return [keys for keys in taken.values() if keys]
 
 
 def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
@@ -81,6 +136,7 @@ def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
                 uploaded_at=dt.datetime.fromisoformat(rec["uploaded_at"]),
                 sha256=rec["sha256"],
                 status=rec["status"],
+                ours=retryable(rec),
             )
         )
     return past
@@ -104,9 +160,11 @@ def process_upload(
     results = challenge.buckets.results
     head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
     etag = head["ETag"].strip('"')
+    rejudged = False
     if object_exists(s3, results, upload_record_key(key, etag)):
         stored = get_json(s3, results, upload_record_key(key, etag))
-        if not (retry_failed and retryable(stored)):
+        rejudged = stale_unknown_team(stored, teams)
+        if not (retry_failed and (retryable(stored) or rejudged)):
             return stored
     uploaded_at = head["LastModified"].astimezone(dt.UTC)
     record = Evaluation(
@@ -121,8 +179,7 @@ def process_upload(
         record.track, record.phase, record.team = named.track, named.phase, named.team
     if oversize(record.size):  # judged before a byte is downloaded
         record.fail(IntakeError("upload_too_large", oversize(record.size)))
-        put_json(s3, results, upload_record_key(key, etag), record.as_json())
-        return record.as_json()
+        return _store(s3, results, record, teams, rejudged)
     with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
         archive = Path(tmp) / "upload.zip"
         s3.download_file(challenge.buckets.submissions, key, str(archive))
@@ -147,5 +204,24 @@ def process_upload(
                 fidelity_data=data,
                 checks_only=record.precheck,
             )
-    put_json(s3, results, upload_record_key(key, etag), record.as_json())
-    return record.as_json()
+    return _store(s3, results, record, teams, rejudged)
+
+
+def _store(s3: Any, results: str, record: Evaluation, teams: list[Team], rejudged: bool) -> dict:
+    """Write the record; note an ``unknown_team`` refusal so a fixed list judges it again."""
+    data = record.as_json()
+    note = unknown_team_key(record.key, record.etag, record.team or "")
+    if [e["code"] for e in data["errors"]] == ["unknown_team"]:
+        data["registry"] = registry_fingerprint(teams)  # the list it was judged against
+        put_json(s3, results, upload_record_key(record.key, record.etag), data)
+        put_json(
+            s3,
+            results,
+            note,
+            {"key": record.key, "etag": record.etag, "registry": data["registry"]},
+        )
+        return data
+    put_json(s3, results, upload_record_key(record.key, record.etag), data)
+    if rejudged:
+        s3.delete_object(Bucket=results, Key=note)
+    return data
