@@ -164,6 +164,13 @@ _ALL = [
         fidelity_bad_request="the evaluating process got a request it cannot read (ours)",
     ),
     *_codes(
+        "score",
+        retry=True,
+        score_not_computable="the track's score formula cannot be computed on this "
+        "submission's values (an exponent or result too large, a division by zero, not "
+        "finite); the organizers check the formula and clear the task",
+    ),
+    *_codes(
         "internal",
         retry=True,
         internal_error="an unexpected error in our pipeline; the organizers are told",

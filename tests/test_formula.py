@@ -348,3 +348,45 @@ def test_an_overflow_on_the_way_is_not_hidden_by_a_finite_result(
 ) -> None:
     with pytest.raises(FormulaError, match=r"cannot evaluate .* is -?inf"):
         evaluate_formula(formula, variables)
+
+
+# ----------------------------------------------------- a formula that fails on one row
+
+
+def test_a_score_that_cannot_be_computed_fails_that_record_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The MAI formula on a PSNR of 2100 dB needs 2 ** 4200: that record fails with
+    ``score_not_computable`` (ours to look at: clearing retries it), the next is scored."""
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.submissions import evaluation
+
+    from .conftest import MAI2021
+
+    challenge = load_challenge(MAI2021)
+    track = challenge.track("learned_isp")
+    assert track.score.formula == MAI_SCORE
+    psnr = {"sane": 23.0, "absurd": 2100.0}
+
+    def measured(run: evaluation._Run) -> None:
+        run.record.runtime = {"median_ms": 80.0}
+        run.record.metrics = {"psnr": psnr[run.record.team], "ssim": 0.9}
+
+    for stage in ("_unpack_convert_check", "_benchmark"):
+        monkeypatch.setattr(evaluation, stage, lambda run: None)
+    monkeypatch.setattr(evaluation, "_fidelity", measured)
+    records = {
+        team: evaluation.evaluate(
+            evaluation.Evaluation(team=team), challenge, track, tmp_path / "x.zip", tmp_path
+        ).as_json()
+        for team in psnr
+    }
+    assert records["sane"]["status"] == "ok"
+    assert records["sane"]["score"] == pytest.approx(2 ** (2 * 23.0) / (1e15 * 80.0))
+    absurd = records["absurd"]
+    assert absurd["status"] == "failed" and absurd["score"] is None
+    assert [(e["code"], e["stage"]) for e in absurd["errors"]] == [
+        ("score_not_computable", "score")
+    ]
+    assert "exponent 4200" in absurd["errors"][0]["message"]
+    assert evaluation.retryable(absurd)
