@@ -82,7 +82,8 @@ _ALL = [
         "unpacks to more than its header says",
         archive_too_large="the archive, or all its members together, exceed the size limit",
         member_too_large="one member of the archive exceeds the per-file size limit",
-        too_many_files="the archive has more entries than allowed",
+        too_many_files="the archive has or declares more entries than allowed, or a central "
+        "directory larger than that many entries need",
         bad_filename="a member's name is not valid UTF-8 or has control characters, NUL or ':'",
         encrypted_member="a member is encrypted (password-protected)",
         unsupported_compression="a member uses a compression method other than stored, "

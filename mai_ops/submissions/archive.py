@@ -11,8 +11,10 @@ The checks, in the order they run (the first problem found is the one reported):
 
 1. the file is a zip at all (``not_a_zip``: missing, zero bytes, truncated, garbage,
    a bare ``.tflite`` uploaded instead of a zip), the archive's own size
-   (``archive_too_large``) and its entry count from the end-of-central-directory record,
-   read before Python's ``zipfile`` parses the directory (``too_many_files``);
+   (``archive_too_large``), then, before Python's ``zipfile`` reads the central
+   directory: the entry counts of the end-of-central-directory record and of its ZIP64
+   twin, the directory's size (at most ``max_files`` entries' worth) and its records,
+   counted one by one (``too_many_files``);
 2. per member, in directory order: its name (``bad_filename``: not decodable,
    control characters, NUL, ``:``, over-long; ``absolute_path``: ``/x``, ``\\x``,
    ``C:\\x``, ``\\\\server\\share``; ``zip_slip``: any ``..`` component, with ``\\``
@@ -198,8 +200,8 @@ def _archive_size(archive: Path, limits: ArchiveLimits) -> int:
         )
     with archive.open("rb") as fh:
         head = fh.read(8)
-    entries = _declared_entries(archive, size)
-    if entries is None:
+    directory = _read_directory(archive, size)
+    if directory is None:
         hint = ""
         if head[4:8] == b"TFL3":
             hint = " It looks like a bare .tflite model: put model.tflite inside a .zip file."
@@ -208,38 +210,108 @@ def _archive_size(archive: Path, limits: ArchiveLimits) -> int:
         elif head.startswith(b"\x1f\x8b") or head.startswith(b"7z") or head.startswith(b"Rar!"):
             hint = " It looks like a gzip/tar, 7z or rar archive; only .zip is accepted."
         raise ArchiveError("not_a_zip", f"{archive.name} is not a readable zip archive.{hint}")
-    if entries > limits.max_files:
-        raise ArchiveError(
-            "too_many_files",
-            f"the archive has {entries} entries, more than the limit of {limits.max_files} "
-            "(files and folders count)",
-        )
+    _check_directory(archive, directory, limits)
     return size
 
 
-def _declared_entries(archive: Path, size: int) -> int | None:
-    """The entry count of the end-of-central-directory record (ZIP64 aware); None if absent.
+# The central directory's record of one entry: 46 bytes, the name (at most
+# _MAX_NAME_BYTES, longer ones are refused anyway), and room for extra fields and a
+# comment. A directory larger than max_files of these holds more entries than allowed,
+# or padding; either way zipfile would read all of it into memory.
+_DIRECTORY_ENTRY_BYTES = 46 + _MAX_NAME_BYTES + 1024
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL = b"PK\x01\x02"
 
-    Read here so an archive declaring millions of entries is refused before
-    ``zipfile`` builds an object for each of them.
+
+@dataclass(frozen=True)
+class _Directory:
+    """What the end records say about the central directory (the largest of each)."""
+
+    entries: int  # the most entries any end record declares
+    size: int  # the largest central directory size any end record declares
+    start: int  # where zipfile will read the directory from
+    length: int  # how many bytes it will read there
+
+
+def _read_directory(archive: Path, size: int) -> _Directory | None:
+    """The end-of-central-directory record and its ZIP64 twin, found as zipfile finds them.
+
+    Read here so an archive declaring millions of entries, or a directory of
+    gigabytes, is refused before ``zipfile`` reads the directory and builds an object
+    for each entry. Both entry counts of each record count, and the ZIP64 record is
+    read where zipfile reads it (just before its locator) and where the locator points.
     """
-    tail_len = min(size, 22 + 65535 + 20 + 56)
-    with archive.open("rb") as fh:
-        fh.seek(size - tail_len)
-        tail = fh.read(tail_len)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
+    if size < 22:
         return None
-    entries = struct.unpack("<H", tail[at + 10 : at + 12])[0]
-    if entries == 0xFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
-        (offset,) = struct.unpack("<Q", tail[at - 12 : at - 4])
-        if 0 <= offset <= size - 56:
-            with archive.open("rb") as fh:
-                fh.seek(offset)
-                record = fh.read(56)
-            if record[:4] == b"PK\x06\x06":
-                (entries,) = struct.unpack("<Q", record[32:40])
-    return entries
+    with archive.open("rb") as fh:
+        fh.seek(size - 22)
+        record = fh.read(22)
+        at = size - 22
+        if not (record[:4] == _EOCD and record[-2:] == b"\0\0"):
+            first = max(size - (1 << 16) - 22, 0)
+            fh.seek(first)
+            tail = fh.read()
+            found = tail.rfind(_EOCD)
+            if found < 0 or len(tail) - found < 22:
+                return None
+            record, at = tail[found : found + 22], first + found
+        _, _, _, here, total, length, _, _ = struct.unpack("<4s4H2LH", record)
+        entries, largest, start = max(here, total), length, at - length
+        if at >= 20:
+            fh.seek(at - 20)
+            locator = fh.read(20)
+            if locator[:4] == _ZIP64_LOCATOR:
+                (pointed,) = struct.unpack("<Q", locator[8:16])
+                for where in dict.fromkeys((at - 20 - 56, pointed)):
+                    if not 0 <= where <= size - 56:
+                        continue
+                    fh.seek(where)
+                    record64 = fh.read(56)
+                    if record64[:4] != _ZIP64_EOCD:
+                        continue
+                    here, total, length64, _ = struct.unpack("<4Q", record64[24:56])
+                    entries = max(entries, here, total)
+                    largest = max(largest, length64)
+                    if where == at - 20 - 56:  # the one zipfile uses
+                        length, start = length64, where - length64
+    return _Directory(entries, largest, start, length)
+
+
+def _check_directory(archive: Path, directory: _Directory, limits: ArchiveLimits) -> None:
+    """Entry counts, the directory's size, then its records counted one by one."""
+    if directory.entries > limits.max_files:
+        raise ArchiveError(
+            "too_many_files",
+            f"the archive has {directory.entries} entries, more than the limit of "
+            f"{limits.max_files} (files and folders count)",
+        )
+    cap = limits.max_files * _DIRECTORY_ENTRY_BYTES
+    if directory.size > cap:
+        raise ArchiveError(
+            "too_many_files",
+            f"the archive's directory is {_size(directory.size)}, more than {limits.max_files} "
+            f"entries can need ({cap:,} bytes); the limit is {limits.max_files} entries "
+            "(files and folders count)",
+        )
+    if directory.start < 0:
+        return  # zipfile says it is not a zip: not_a_zip
+    with archive.open("rb") as fh:
+        fh.seek(directory.start)
+        data = fh.read(directory.length)
+    count, pos = 0, 0
+    while pos + 46 <= len(data) and data[pos : pos + 4] == _CENTRAL:
+        count += 1
+        if count > limits.max_files:
+            raise ArchiveError(
+                "too_many_files",
+                f"the archive's directory lists more than {limits.max_files} entries "
+                f"(its end record says {directory.entries}); the limit is "
+                f"{limits.max_files} (files and folders count)",
+            )
+        name, extra, comment = struct.unpack("<3H", data[pos + 28 : pos + 34])
+        pos += 46 + name + extra + comment
 
 
 class _open_zip:
