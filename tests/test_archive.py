@@ -16,6 +16,7 @@ import random
 import re
 import stat
 import struct
+import sys
 import time
 import zipfile
 import zlib
@@ -23,11 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from mai_ops.errors import stage_codes
+from mai_ops.errors import registered, stage_codes
+from mai_ops.infra import sandbox
 from mai_ops.submissions.archive import (
     RATIO_FLOOR_BYTES,
     ArchiveError,
     ArchiveLimits,
+    unpack_in_child,
     unpack_submission,
 )
 
@@ -664,3 +667,99 @@ def test_archives_at_the_limits_still_unpack(place):
     archive, dest = place(build([("model.tflite", TFLITE), *long_names]))
     dest = dest.with_name("dest2")
     assert len(unpack_submission(archive, dest).files) == 200
+
+
+# --- unpacking in the limited, sandboxed child ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, code, limits", [pytest.param(d, c, lim, id=i) for i, d, c, lim in CORPUS]
+)
+def test_the_child_gives_the_same_answer_for_every_malformed_archive(
+    place, tmp_path, data, code, limits
+):
+    archive, dest = place(data() if callable(data) else data)
+    with pytest.raises(ArchiveError) as caught:
+        unpack_in_child(archive, dest, limits or ArchiveLimits())
+    assert caught.value.code == code, caught.value.message
+    assert_nothing_written(tmp_path, dest)
+
+
+def test_the_child_unpacks_a_good_archive_as_the_worker_would(place):
+    entries = [("aurora/", b""), *good_entries("aurora/"), ("__MACOSX/aurora/._x", b"j")]
+    archive, dest = place(build(entries))
+    sub = unpack_in_child(archive, dest)
+    root = dest / "aurora"
+    assert sub.root == root and sub.model == root / "model.tflite"
+    assert sub.model.read_bytes() == TFLITE
+    assert sub.results == [root / "results/0001.png", root / "results/0002.png"]
+    assert (sub.factsheet, sub.readme) == (root / "factsheet.pdf", root / "readme.txt")
+    assert sub.files == unpack_submission(archive, dest.with_name("in-process")).files
+    if os.geteuid() == 0 and sandbox.enabled():
+        assert sub.model.stat().st_uid == sandbox.SANDBOX_UID  # written inside the sandbox
+
+
+def _lzma_asking_for_4_gib() -> bytes:
+    """An LZMA member whose header asks the decoder for a 4 GiB dictionary."""
+    data = bytearray(build([("model.tflite", TFLITE)], zipfile.ZIP_LZMA))
+    props = 30 + len("model.tflite") + 4  # local header, name, LZMA version and size
+    struct.pack_into("<L", data, props + 1, 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_a_decompressor_that_asks_for_gigabytes_is_refused_within_the_childs_memory(place):
+    """In the worker the 4 GiB dictionary would be reserved; the child's cap refuses it."""
+    archive, dest = place(_lzma_asking_for_4_gib())
+    with pytest.raises(ArchiveError, match="needs more memory") as caught:
+        unpack_in_child(archive, dest, memory_mb=1024)
+    assert caught.value.code == "zip_bomb"
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+MISBEHAVING = {
+    # a child that writes, then never answers: killed at the timeout
+    "hangs": "pathlib.Path(r['dest'], 'partial.bin').write_bytes(b'x'); time.sleep(600)",
+    # one that runs out of its address space
+    "eats memory": "pathlib.Path(r['dest'], 'partial.bin').write_bytes(b'x'); "
+    "b = bytearray(4 * 1024 ** 3)",
+    # one that dies by a signal
+    "crashes": "os.kill(os.getpid(), signal.SIGSEGV)",
+    # one that names a file outside its folder
+    "points outside": "say('unpacked', root='.', model='../../../etc/passwd', files=[])",
+    # one that leaves a link behind
+    "leaves a link": "os.symlink('/etc', pathlib.Path(r['dest'], 'model.tflite')); "
+    "say('unpacked', root='.', model='model.tflite', files=['model.tflite'])",
+}
+
+
+@pytest.mark.parametrize(
+    "behaviour, code, fragment",
+    [
+        ("hangs", "zip_bomb", "did not finish within 3 s"),
+        ("eats memory", "zip_bomb", "needs more than 1024 MB"),
+        ("crashes", "internal_error", "unpacking process stopped"),
+        ("points outside", "internal_error", "named a path outside"),
+        ("leaves a link", "internal_error", "left something unexpected"),
+    ],
+)
+def test_a_misbehaving_unpacking_child_costs_only_itself(
+    place, monkeypatch, behaviour, code, fragment
+):
+    from mai_ops.errors import StageError
+    from mai_ops.infra import child
+
+    script = (
+        "import json, os, pathlib, signal, sys, time\n"
+        "r = json.load(sys.stdin)\n"
+        "def say(step, **kw):\n"
+        "    print(json.dumps({'step': step, **kw}), flush=True)\n"
+        f"{MISBEHAVING[behaviour]}\n"
+        "say('done')\n"
+    )
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", script])
+    archive, dest = place(build(good_entries()))
+    with pytest.raises(StageError) as caught:
+        unpack_in_child(archive, dest, timeout_s=3, memory_mb=1024)
+    assert (caught.value.code, caught.value.stage) == (code, registered(code).stage)
+    assert fragment in caught.value.message
+    assert not dest.exists() or not any(dest.iterdir())

@@ -65,16 +65,21 @@ Decisions, so they can be explained to a team:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import stat
 import struct
+import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from mai_ops.errors import StageError
+from mai_ops.errors import StageError, stage_codes
+from mai_ops.infra.child import ChildLimits, run_child
 
 _MB = 1024 * 1024
 RATIO_FLOOR_BYTES = 1 * _MB
@@ -177,6 +182,128 @@ def unpack_submission(
         except BaseException:
             _empty(dest, remove=created_dest)
             raise
+
+
+CHILD = "mai_ops.submissions.archive_child"
+# What unpacking needs: Python and zipfile, a deflate/bzip2 window, an LZMA dictionary
+# of a normal size. A decompressor asked for more is a bomb.
+UNPACK_MEMORY_MB = 1024
+UNPACK_TIMEOUT_S = 600.0
+
+
+def unpack_in_child(
+    archive: str | Path,
+    dest: str | Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    timeout_s: float = UNPACK_TIMEOUT_S,
+    memory_mb: int = UNPACK_MEMORY_MB,
+) -> Submission:
+    """:func:`unpack_submission` in a limited, sandboxed child; the same answers.
+
+    The child (:mod:`mai_ops.submissions.archive_child`) runs through the one child
+    runner, like conversion and the checks: its own memory cap, a wall-clock timeout,
+    files no larger than the per-member cap, writing only in ``dest``. An archive that
+    makes it run out of memory or time is a ``zip_bomb``; a child that dies otherwise
+    is ours (``internal_error``, raised as a :class:`StageError`). Raises
+    :class:`~mai_ops.infra.sandbox.SandboxUnavailable` when the sandbox cannot be set
+    up: nothing is unpacked then.
+    """
+    archive, dest = Path(archive).absolute(), Path(dest).absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{dest} must be missing or an empty folder")
+    _archive_size(archive, limits)  # missing, empty or oversized: no child for that
+    member_cap = int(limits.max_member_mb * _MB)
+    child_limits = ChildLimits(
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_file_bytes=member_cap + _MB,
+        scratch=dest,
+    )
+    with _readable_by_the_sandbox(archive, dest) as readable:
+        request = {
+            "archive": str(readable),
+            "dest": str(dest),
+            "limits": dataclasses.asdict(limits),
+        }
+        outcome = run_child(CHILD, request, child_limits)
+    if outcome.status != "ok" or "unpacked" not in outcome.steps:
+        if dest.is_dir():
+            _empty(dest, remove=False)
+    if outcome.status == "timeout":
+        raise ArchiveError(
+            "zip_bomb",
+            f"unpacking did not finish within {timeout_s:g} s; this looks like a zip bomb",
+        )
+    if outcome.status == "memory_exceeded":
+        raise ArchiveError(
+            "zip_bomb",
+            f"unpacking needs more than {memory_mb} MB of memory; this looks like a zip bomb",
+        )
+    error = outcome.steps.get("error")
+    if outcome.status == "ok" and isinstance(error, dict):
+        code, message = str(error.get("code")), str(error.get("message", ""))
+        if code in stage_codes("unpack"):
+            raise ArchiveError(code, message)
+    unpacked = outcome.steps.get("unpacked")
+    if outcome.status != "ok" or not isinstance(unpacked, dict):
+        raise StageError(
+            "internal_error", f"the unpacking process stopped: {outcome.message or 'no answer'}"
+        )
+    return _submission_from(unpacked, dest, limits)
+
+
+@contextlib.contextmanager
+def _readable_by_the_sandbox(archive: Path, dest: Path) -> Generator[Path, None, None]:
+    """``archive``, or a private copy others may read when the child runs as another uid."""
+    if os.geteuid() != 0 or archive.stat().st_mode & stat.S_IROTH:
+        yield archive
+        return
+    folder = Path(tempfile.mkdtemp(prefix="archive-", dir=dest.parent))
+    try:
+        folder.chmod(0o755)
+        copy = folder / archive.name
+        shutil.copyfile(archive, copy)
+        copy.chmod(0o644)
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _submission_from(answer: dict, dest: Path, limits: ArchiveLimits) -> Submission:
+    """The child's answer as a :class:`Submission`, trusting none of its paths.
+
+    Everything in ``dest`` must be a folder or a regular file (a link made by a child
+    that went wrong would point the next stages elsewhere) and every path named must
+    stay inside ``dest``.
+    """
+    base = dest.resolve()
+    seen = 0
+    for folder, dirs, files in os.walk(base):
+        for name in [*dirs, *files]:
+            seen += 1
+            mode = os.lstat(os.path.join(folder, name)).st_mode
+            if seen > limits.max_files or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                _empty(dest, remove=False)
+                raise StageError(
+                    "internal_error", "the unpacking process left something unexpected"
+                )
+
+    def inside(rel: object, root: Path) -> Path | None:
+        if rel is None:
+            return None
+        path = Path(os.path.normpath(root / str(rel)))
+        if not Path(os.path.realpath(path)).is_relative_to(base):
+            _empty(dest, remove=False)
+            raise StageError("internal_error", "the unpacking process named a path outside")
+        return path
+
+    root = inside(answer.get("root", "."), dest) or dest
+    sub = Submission(root=root, files=[str(f) for f in answer.get("files", [])])
+    for name in ("model", "model_none", "saved_model", "keras_model", "factsheet", "readme"):
+        setattr(sub, name, inside(answer.get(name), root))
+    sub.results = [inside(p, root) for p in answer.get("results", [])]
+    return sub
 
 
 # ---------------------------------------------------------------------------------
@@ -628,6 +755,13 @@ def _extract(
                     out.write(chunk)
         except ArchiveError:
             raise
+        except MemoryError:
+            # e.g. an LZMA header asking for a 4 GiB dictionary, under the child's cap
+            raise ArchiveError(
+                "zip_bomb",
+                f"{_show(m.path)} needs more memory to unpack than allowed; "
+                "this looks like a zip bomb",
+            ) from None
         except OSError as exc:
             if exc.errno is not None:
                 raise  # our own disk (full, permissions), not the archive's fault
