@@ -78,8 +78,9 @@ _ALL = [
         absolute_path="a member's path is absolute (/x, C:\\x, \\\\server\\share)",
         symlink="a member is a symbolic link",
         special_file="a member is a device, FIFO or socket, not a regular file",
-        zip_bomb="the compression ratio is implausible, members overlap, or a member "
-        "unpacks to more than its header says",
+        zip_bomb="the compression ratio is implausible, members overlap, a member "
+        "unpacks to more than its header says, or unpacking needs more memory or time than "
+        "allowed",
         archive_too_large="the archive, or all its members together, exceed the size limit",
         member_too_large="one member of the archive exceeds the per-file size limit",
         too_many_files="the archive has or declares more entries than allowed, or a central "
