@@ -8,6 +8,7 @@ and through ``mai-ops validate`` (exit code 1, the file and the field on stderr)
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -644,6 +645,12 @@ UNREADABLE: list[Any] = [
         "line 66",  # the 65th level: the top mapping, then a list per line from line 3
         "nest more than 64 levels deep",
         id="yaml-block-nesting",
+    ),
+    pytest.param(
+        lambda tmp_path: (os.mkfifo(tmp_path / "pipe.yaml"), tmp_path / "pipe.yaml")[1],
+        "",
+        "not a regular file",  # reading a FIFO nobody writes to would block for ever
+        id="fifo",
     ),
     pytest.param(
         _write_bytes(b"id: big\ntitle: x\n# " + b"x" * (1024 * 1024) + b"\n"),

@@ -300,6 +300,9 @@ def _read_challenge(path: Path) -> tuple[Challenge | None, list[Problem]]:
     name = str(path)
     try:
         size = path.stat().st_size
+        if not path.is_file() and not path.is_dir():
+            # A FIFO or a device named *.yaml: reading it could block the DAG parse.
+            return None, [Problem(name, "", "not a regular file")]
         if path.is_file() and size > MAX_CHALLENGE_FILE_BYTES:
             return None, [
                 Problem(
