@@ -78,11 +78,13 @@ _ALL = [
         absolute_path="a member's path is absolute (/x, C:\\x, \\\\server\\share)",
         symlink="a member is a symbolic link",
         special_file="a member is a device, FIFO or socket, not a regular file",
-        zip_bomb="the compression ratio is implausible, members overlap, or a member "
-        "unpacks to more than its header says",
+        zip_bomb="the compression ratio is implausible, members overlap, a member "
+        "unpacks to more than its header says, or unpacking needs more memory or time than "
+        "allowed",
         archive_too_large="the archive, or all its members together, exceed the size limit",
         member_too_large="one member of the archive exceeds the per-file size limit",
-        too_many_files="the archive has more entries than allowed",
+        too_many_files="the archive has or declares more entries than allowed, or a central "
+        "directory larger than that many entries need",
         bad_filename="a member's name is not valid UTF-8 or has control characters, NUL or ':'",
         encrypted_member="a member is encrypted (password-protected)",
         unsupported_compression="a member uses a compression method other than stored, "
@@ -162,6 +164,13 @@ _ALL = [
         "fidelity",
         retry=True,
         fidelity_bad_request="the evaluating process got a request it cannot read (ours)",
+    ),
+    *_codes(
+        "score",
+        retry=True,
+        score_not_computable="the track's score formula cannot be computed on this "
+        "submission's values (an exponent or result too large, a division by zero, not "
+        "finite); the organizers check the formula and clear the task",
     ),
     *_codes(
         "internal",

@@ -47,10 +47,17 @@ def _read(path: Path, mtime_ns: int, size: int) -> tuple[Challenge | None, list[
 
 
 def read_challenge_files() -> list[tuple[Path, Challenge | None, list[Problem]]]:
-    """Every challenge file with its challenge (None when unusable) and its errors."""
+    """Every challenge file with its challenge (None when unusable) and its errors.
+
+    Never raises for one file (``read_challenge`` turns whatever goes wrong into a
+    finding), so a broken file costs no other challenge its DAGs.
+    """
     found = []
     for path in challenge_files():
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue  # removed since the folder was listed
         challenge, problems = _read(path, stat.st_mtime_ns, stat.st_size)
         errors = [p for p in problems if p.severity == "error"]
         found.append((path, None if errors else challenge, errors))

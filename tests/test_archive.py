@@ -13,19 +13,24 @@ import gzip
 import io
 import os
 import random
+import re
 import stat
 import struct
+import sys
+import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 
-from mai_ops.errors import stage_codes
+from mai_ops.errors import registered, stage_codes
+from mai_ops.infra import sandbox
 from mai_ops.submissions.archive import (
     RATIO_FLOOR_BYTES,
     ArchiveError,
     ArchiveLimits,
+    unpack_in_child,
     unpack_submission,
 )
 
@@ -534,3 +539,227 @@ def test_declared_total_is_judged_before_extraction(place):
     archive, dest = place(data)
     with pytest.raises(ArchiveError, match="the archive unpacks to 1.1 MB"):
         unpack_submission(archive, dest, ArchiveLimits(max_total_mb=1, max_member_mb=1))
+
+
+# --- the central directory is judged before zipfile reads it -----------------------------
+
+
+def _eocd_at(data: bytes) -> int:
+    at = data.rfind(b"PK\x05\x06")
+    assert at >= 0
+    return at
+
+
+def _declaring(data: bytes, entries: int) -> bytes:
+    """``data`` whose end-of-central-directory record declares ``entries`` (both fields)."""
+    out = bytearray(data)
+    struct.pack_into("<2H", out, _eocd_at(data) + 8, entries, entries)
+    return bytes(out)
+
+
+def _with_zip64_end(data: bytes, entries: int, dir_size: int | None = None) -> bytes:
+    """A ZIP64 end record and locator inserted before the classic one, declaring ``entries``."""
+    at = _eocd_at(data)
+    (size, offset) = struct.unpack_from("<2L", data, at + 12)
+    record64 = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries,
+        size if dir_size is None else dir_size, offset,
+    )  # fmt: skip
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, at, 1)
+    return data[:at] + record64 + locator + data[at:]
+
+
+def _central_only(n: int) -> bytes:
+    """``n`` central-directory records (no member data at all) and an end record saying 1."""
+    records = b"".join(
+        struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0)
+        + b"r%06d" % i
+        for i in range(n)
+    )
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(records), 0, 0)
+    return records + end
+
+
+def _commented(name: str, size: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.comment = b"c" * size  # kept in the central directory
+    return info
+
+
+@pytest.fixture
+def zipfile_never_opens(monkeypatch):
+    """Fails the test if the unpacker gets as far as building zipfile's member list."""
+    from mai_ops.submissions import archive as module
+
+    real = zipfile.ZipFile
+
+    def refuse_to_read(file, mode="r", *args, **kwargs):
+        if mode == "r":
+            raise AssertionError("zipfile read the directory: it was not judged first")
+        return real(file, mode, *args, **kwargs)  # the test writing its archive
+
+    monkeypatch.setattr(module.zipfile, "ZipFile", refuse_to_read)
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        pytest.param(
+            lambda: _declaring(build(good_entries()), 0xFFFE),
+            "65534 entries",
+            id="end-record-declares-65534",
+        ),
+        pytest.param(
+            lambda: _with_zip64_end(_declaring(build(good_entries()), 0xFFFF), 2**40),
+            f"{2**40} entries",
+            id="zip64-declares-2**40",
+        ),
+        pytest.param(
+            lambda: _with_zip64_end(build(good_entries()), 10_000_000),
+            "10000000 entries",
+            id="zip64-declares-more-than-the-classic-record",
+        ),
+        pytest.param(
+            lambda: _with_zip64_end(build(good_entries()), 6, dir_size=2**33),
+            "directory is 8192.0 MB",
+            id="zip64-declares-an-8-GB-directory",
+        ),
+        pytest.param(
+            lambda: _declaring(_many(250), 1),
+            "lists more than 200 entries (its end record says 1)",
+            id="end-record-understates-the-count",
+        ),
+        pytest.param(
+            lambda: build([(_commented(f"{i}.bin", 60_000), b"x") for i in range(8)]),
+            "more than 200 entries can need",
+            id="directory-over-200-entries-worth",
+        ),
+    ],
+)
+def test_the_directory_is_judged_before_zipfile_reads_it(
+    place, tmp_path, zipfile_never_opens, make, fragment
+):
+    archive, dest = place(make())
+    with pytest.raises(ArchiveError, match=re.escape(fragment)) as caught:
+        unpack_submission(archive, dest)
+    assert caught.value.code == "too_many_files"
+    assert_nothing_written(tmp_path, dest)
+
+
+def test_a_directory_of_300000_entries_declared_as_one_costs_milliseconds(
+    place, zipfile_never_opens
+):
+    """zipfile would read all 16 MB of it and build 300000 ZipInfo objects (seconds and
+    hundreds of MB); the directory's size alone refuses it."""
+    archive, dest = place(_central_only(300_000))
+    started = time.monotonic()
+    with pytest.raises(ArchiveError, match=r"directory is 15\.2 MB") as caught:
+        unpack_submission(archive, dest)
+    assert caught.value.code == "too_many_files"
+    assert time.monotonic() - started < 0.5
+
+
+def test_archives_at_the_limits_still_unpack(place):
+    """199 results and a model (200 entries), and names of 200 bytes: accepted."""
+    archive, dest = place(_many(199))
+    assert len(unpack_submission(archive, dest).files) == 200
+    long_names = [(f"{i:03d}{'n' * 196}.txt", b"x") for i in range(199)]
+    archive, dest = place(build([("model.tflite", TFLITE), *long_names]))
+    dest = dest.with_name("dest2")
+    assert len(unpack_submission(archive, dest).files) == 200
+
+
+# --- unpacking in the limited, sandboxed child ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, code, limits", [pytest.param(d, c, lim, id=i) for i, d, c, lim in CORPUS]
+)
+def test_the_child_gives_the_same_answer_for_every_malformed_archive(
+    place, tmp_path, data, code, limits
+):
+    archive, dest = place(data() if callable(data) else data)
+    with pytest.raises(ArchiveError) as caught:
+        unpack_in_child(archive, dest, limits or ArchiveLimits())
+    assert caught.value.code == code, caught.value.message
+    assert_nothing_written(tmp_path, dest)
+
+
+def test_the_child_unpacks_a_good_archive_as_the_worker_would(place):
+    entries = [("aurora/", b""), *good_entries("aurora/"), ("__MACOSX/aurora/._x", b"j")]
+    archive, dest = place(build(entries))
+    sub = unpack_in_child(archive, dest)
+    root = dest / "aurora"
+    assert sub.root == root and sub.model == root / "model.tflite"
+    assert sub.model.read_bytes() == TFLITE
+    assert sub.results == [root / "results/0001.png", root / "results/0002.png"]
+    assert (sub.factsheet, sub.readme) == (root / "factsheet.pdf", root / "readme.txt")
+    assert sub.files == unpack_submission(archive, dest.with_name("in-process")).files
+    if os.geteuid() == 0 and sandbox.enabled():
+        assert sub.model.stat().st_uid == sandbox.SANDBOX_UID  # written inside the sandbox
+
+
+def _lzma_asking_for_4_gib() -> bytes:
+    """An LZMA member whose header asks the decoder for a 4 GiB dictionary."""
+    data = bytearray(build([("model.tflite", TFLITE)], zipfile.ZIP_LZMA))
+    props = 30 + len("model.tflite") + 4  # local header, name, LZMA version and size
+    struct.pack_into("<L", data, props + 1, 0xFFFFFFFF)
+    return bytes(data)
+
+
+def test_a_decompressor_that_asks_for_gigabytes_is_refused_within_the_childs_memory(place):
+    """In the worker the 4 GiB dictionary would be reserved; the child's cap refuses it."""
+    archive, dest = place(_lzma_asking_for_4_gib())
+    with pytest.raises(ArchiveError, match="needs more memory") as caught:
+        unpack_in_child(archive, dest, memory_mb=1024)
+    assert caught.value.code == "zip_bomb"
+    assert not dest.exists() or not any(dest.iterdir())
+
+
+MISBEHAVING = {
+    # a child that writes, then never answers: killed at the timeout
+    "hangs": "pathlib.Path(r['dest'], 'partial.bin').write_bytes(b'x'); time.sleep(600)",
+    # one that runs out of its address space
+    "eats memory": "pathlib.Path(r['dest'], 'partial.bin').write_bytes(b'x'); "
+    "b = bytearray(4 * 1024 ** 3)",
+    # one that dies by a signal
+    "crashes": "os.kill(os.getpid(), signal.SIGSEGV)",
+    # one that names a file outside its folder
+    "points outside": "say('unpacked', root='.', model='../../../etc/passwd', files=[])",
+    # one that leaves a link behind
+    "leaves a link": "os.symlink('/etc', pathlib.Path(r['dest'], 'model.tflite')); "
+    "say('unpacked', root='.', model='model.tflite', files=['model.tflite'])",
+}
+
+
+@pytest.mark.parametrize(
+    "behaviour, code, fragment",
+    [
+        ("hangs", "zip_bomb", "did not finish within 3 s"),
+        ("eats memory", "zip_bomb", "needs more than 1024 MB"),
+        ("crashes", "internal_error", "unpacking process stopped"),
+        ("points outside", "internal_error", "named a path outside"),
+        ("leaves a link", "internal_error", "left something unexpected"),
+    ],
+)
+def test_a_misbehaving_unpacking_child_costs_only_itself(
+    place, monkeypatch, behaviour, code, fragment
+):
+    from mai_ops.errors import StageError
+    from mai_ops.infra import child
+
+    script = (
+        "import json, os, pathlib, signal, sys, time\n"
+        "r = json.load(sys.stdin)\n"
+        "def say(step, **kw):\n"
+        "    print(json.dumps({'step': step, **kw}), flush=True)\n"
+        f"{MISBEHAVING[behaviour]}\n"
+        "say('done')\n"
+    )
+    monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", script])
+    archive, dest = place(build(good_entries()))
+    with pytest.raises(StageError) as caught:
+        unpack_in_child(archive, dest, timeout_s=3, memory_mb=1024)
+    assert (caught.value.code, caught.value.stage) == (code, registered(code).stage)
+    assert fragment in caught.value.message
+    assert not dest.exists() or not any(dest.iterdir())

@@ -11,6 +11,7 @@ import pytest
 from mai_ops.infra import child
 from mai_ops.infra.child import (
     MAX_FILE_BYTES,
+    MB,
     STDERR_TAIL_CHARS,
     ChildLimits,
     child_env,
@@ -215,3 +216,20 @@ def test_an_interrupted_caller_leaves_nothing_running(monkeypatch, tmp_path):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert process_gone(int(pid_file.read_text()))
+
+
+def test_a_childs_file_size_cap_comes_from_its_limits(monkeypatch, tmp_path):
+    """``ChildLimits.max_file_bytes`` reaches the child (prlimit, the sandbox, its own cap)."""
+    _child_script(
+        monkeypatch,
+        "import json, resource, sys\n"
+        "request = json.load(sys.stdin)\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "print(json.dumps({'step': 'limits', 'soft': soft, 'hard': hard,"
+        " 'asked': request['max_file_bytes']}))\n"
+        "print(json.dumps({'step': 'done'}))\n",
+    )
+    limits = ChildLimits(timeout_s=60, memory_mb=1024, max_file_bytes=3 * MB, scratch=tmp_path)
+    outcome = run_child("any.module", {}, limits)
+    assert outcome.status == "ok", outcome.message
+    assert outcome.steps["limits"] == {"soft": 3 * MB, "hard": 3 * MB, "asked": 3 * MB}

@@ -8,6 +8,7 @@ and through ``mai-ops validate`` (exit code 1, the file and the field on stderr)
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -338,6 +339,38 @@ BROKEN: list[Any] = [
         [(FORMULA, "not an arithmetic expression")],
         id="formula-syntax-error",
     ),
+    # Pathological formulas: before the limits, a traceback (RecursionError from the
+    # parser or MemoryError) instead of a finding.
+    pytest.param(
+        set_(FORMULA, "(" * 5000 + "psnr" + ")" * 5000),
+        [(FORMULA, "at most 1000 are allowed")],
+        id="formula-5000-parentheses",
+    ),
+    pytest.param(
+        set_(FORMULA, "-" * 100_000 + "psnr"),
+        [(FORMULA, "at most 1000 are allowed")],
+        id="formula-100000-operators",
+    ),
+    pytest.param(
+        set_(FORMULA, " ** ".join(["2"] * 50_000)),
+        [(FORMULA, "at most 1000 are allowed")],
+        id="formula-exponent-chain",
+    ),
+    pytest.param(
+        set_(FORMULA, "+".join(["psnr"] * 199)),
+        [(FORMULA, "nests more than 40 levels")],
+        id="formula-deep-under-the-length-limit",
+    ),
+    pytest.param(
+        set_(FORMULA, "-" * 900 + "psnr"),
+        [(FORMULA, "nests more than 40 levels")],
+        id="formula-900-unary-operators",
+    ),
+    pytest.param(
+        set_(FORMULA, "psnr * 1" + "0" * 400),
+        [(FORMULA, "a number in the formula is too large")],
+        id="formula-huge-number",
+    ),
     pytest.param(
         set_(FORMULA, ""),
         [(FORMULA, "the formula is empty")],
@@ -602,6 +635,32 @@ UNREADABLE: list[Any] = [
         "file not found",
         id="missing-file",
     ),
+    # libyaml's composer recurses in C per level: 100000 brackets crashed the process
+    # (SIGSEGV), taking `mai-ops validate` and the DAG file's parse with it.
+    pytest.param(
+        _write_bytes(b"id: deep\ntitle: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+        "line 2",
+        "nest more than 64 levels deep",
+        id="yaml-nested-100000-deep",
+    ),
+    pytest.param(
+        _write_bytes(b"id: deep\ntimeline:\n" + b"".join(b"  " * i + b"- \n" for i in range(80))),
+        "line 66",  # the 65th level: the top mapping, then a list per line from line 3
+        "nest more than 64 levels deep",
+        id="yaml-block-nesting",
+    ),
+    pytest.param(
+        lambda tmp_path: (os.mkfifo(tmp_path / "pipe.yaml"), tmp_path / "pipe.yaml")[1],
+        "",
+        "not a regular file",  # reading a FIFO nobody writes to would block for ever
+        id="fifo",
+    ),
+    pytest.param(
+        _write_bytes(b"id: big\ntitle: x\n# " + b"x" * (1024 * 1024) + b"\n"),
+        "",
+        "a challenge file is at most 1,048,576",
+        id="file-too-large",
+    ),
 ]
 
 
@@ -704,3 +763,39 @@ def test_directory_instead_of_a_file_is_a_problem(tmp_path: Path) -> None:
     challenge, problems = read_challenge(tmp_path)
     assert challenge is None
     assert [p.file for p in errors(problems)] == [str(tmp_path)]
+
+
+@pytest.mark.parametrize(
+    ("raised", "fragment"),
+    [
+        pytest.param(RecursionError("maximum recursion depth"), "nests too deeply", id="recursion"),
+        pytest.param(KeyError("a bug"), "cannot be checked (KeyError: 'a bug')", id="bug"),
+    ],
+)
+def test_a_crash_met_by_one_file_is_a_finding_not_a_traceback(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    raised: Exception,
+    fragment: str,
+) -> None:
+    """Whatever escapes the checks names the file; the other files are still checked."""
+    from mai_ops.challenge import config
+
+    checks = config.semantic_problems
+    path = write_variant(tmp_path, lambda doc: None)
+
+    def crash_on_one_file(challenge: Any, file: str) -> list[Problem]:
+        if file == str(path):
+            raise raised
+        return checks(challenge, file)
+
+    monkeypatch.setattr(config, "semantic_problems", crash_on_one_file)
+    challenge, problems = read_challenge(path)
+    assert challenge is None
+    assert [(p.file, p.severity) for p in problems] == [(str(path), "error")]
+    assert fragment in problems[0].message
+    assert main(["validate", str(path), str(MAI2023)]) == 1
+    out = capsys.readouterr()
+    assert str(path) in out.err and str(MAI2023) not in out.err
+    assert "1 of 2 file(s) valid" in out.out

@@ -153,6 +153,46 @@ def test_a_broken_challenge_file_shows_as_a_failing_dag_and_spares_the_others(tm
     assert not any(d.startswith("mai2021__release") for d in result["dags"])
 
 
+def test_pathological_challenge_files_spare_every_dag_of_a_good_one(tmp_path):
+    """A formula of 100000 operators and a file nested 100000 levels deep, next to mai2021.
+
+    Before the limits, the first raised RecursionError/MemoryError out of the challenge
+    loop (an import error for every phase file) and the second crashed the parsing
+    process (libyaml recursing in C): either way no DAG of mai2021 was left.
+    """
+    shutil.copy(MAI2021, tmp_path / "mai2021.yaml")
+    shutil.copytree(
+        PROJECT / "include" / "participants", tmp_path.parent / "participants", dirs_exist_ok=True
+    )
+    good = MAI2021.read_text()
+    formula = '"2 ** (alpha * psnr) / (C * runtime)"'
+    assert formula in good
+    slip = good.replace("id: mai2021", "id: slip", 1).replace(
+        formula, '"' + "-" * 100_000 + 'psnr"', 1
+    )
+    (tmp_path / "slip.yaml").write_text(slip)
+    (tmp_path / "nested.yaml").write_text("id: nested\ntitle: " + "[" * 100_000 + "]" * 100_000)
+    code = f"""
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={str(PROJECT / "dags")!r})
+print(json.dumps({{"dags": sorted(bag.dag_ids), "errors": list(bag.import_errors),
+    "tasks": {{d: sorted(bag.dags[d].task_ids) for d in bag.dag_ids}},
+    "docs": {{d: bag.dags[d].doc_md for d in bag.dag_ids if d.endswith("__config_error")}}}}))
+"""
+    env = {**os.environ, "MAI_OPS_CHALLENGES_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == []
+    mai2021 = {d for d in EXPECTED if d.startswith("mai2021__")}
+    assert set(result["dags"]) == mai2021 | {"slip__config_error", "nested__config_error"}
+    assert all(result["tasks"][d] for d in mai2021)
+    assert "tracks[0].score.formula" in result["docs"]["slip__config_error"]
+    assert "at most 1000 are allowed" in result["docs"]["slip__config_error"]
+    assert "nest more than 64 levels deep" in result["docs"]["nested__config_error"]
+
+
 def test_config_error_dag_fails_with_the_reasons(tmp_path):
     (tmp_path / "oops.yaml").write_text(
         "id: oops\ntitle: x\ntimezone: Mars/Olympus\ntimeline: []\n"

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import builtins
 import math
+import time
 
 import pytest
 
-from mai_ops.challenge.formula import FormulaError, evaluate_formula, formula_names, parse_formula
+from mai_ops.challenge.formula import (
+    MAX_DEPTH,
+    MAX_EXPONENT,
+    MAX_FORMULA_CHARS,
+    FormulaError,
+    evaluate_formula,
+    formula_names,
+    parse_formula,
+)
 
 MAI_SCORE = "2 ** (alpha * psnr) / (C * runtime)"
 
@@ -236,3 +246,147 @@ def test_function_name_used_as_a_variable_is_refused() -> None:
 def test_complex_intermediate_is_refused() -> None:
     with pytest.raises(FormulaError):
         evaluate_formula("abs((psnr - 40) ** 0.5)", {"psnr": 39.0})
+
+
+# --------------------------------------------------------------- pathological formulas
+# An organizer's slip (a generated formula, a paste gone wrong) must come back as a
+# FormulaError naming the problem, quickly: before these limits, CPython's parser raised
+# RecursionError or MemoryError on them, and the scorer's recursive walk did too.
+
+PATHOLOGICAL = [
+    pytest.param("(" * 5000 + "psnr" + ")" * 5000, "characters long", id="5000-parentheses"),
+    pytest.param("-" * 100_000 + "psnr", "characters long", id="100000-unary-minus"),
+    pytest.param(" + ".join(["psnr"] * 50_000), "characters long", id="50000-additions"),
+    pytest.param(" ** ".join(["2"] * 100_000), "characters long", id="100000-power-chain"),
+    pytest.param("abs(" * 3000 + "psnr" + ")" * 3000, "characters long", id="3000-nested-calls"),
+    pytest.param("psnr" + ".real" * 100_000, "characters long", id="100000-attributes"),
+    pytest.param("1" + "0" * 5000, "characters long", id="5000-digit-number"),
+    # Under the length limit, still too deep for the parser or for a recursive walk.
+    pytest.param("-" * 900 + "psnr", "nests more than 40 levels", id="900-unary-minus"),
+    pytest.param("+".join(["psnr"] * 199), "nests more than 40 levels", id="199-additions"),
+    pytest.param("**".join(["2"] * 300), "nests more than 40 levels", id="300-power-chain"),
+    pytest.param("abs(" * 100 + "psnr" + ")" * 100, "nests more than 40", id="100-nested-calls"),
+    pytest.param("(" * 250 + "psnr" + ")" * 250, "nested parentheses", id="250-parentheses"),
+    pytest.param("1" + "0" * 400, r"too large \(10000000\.\.\.\(401 digits\)\)", id="huge-int"),
+    pytest.param("psnr * 1e400", r"too large \(inf\)", id="float-literal-overflow"),
+]
+
+
+@pytest.mark.parametrize(("formula", "match"), PATHOLOGICAL)
+def test_pathological_formulas_are_refused_quickly(formula: str, match: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(FormulaError, match=match):
+        parse_formula(formula, ["psnr"])
+    with pytest.raises(FormulaError, match=match):
+        evaluate_formula(formula, {"psnr": 30.0})
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError])
+def test_a_parser_that_gives_up_is_a_formula_error(
+    monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    """CPython's parser raises these on deep nesting, depending on its stack and version."""
+
+    def give_up(*args: object, **kwargs: object) -> None:
+        raise error()
+
+    monkeypatch.setattr(ast, "parse", give_up)
+    with pytest.raises(FormulaError, match="nests more than 40 levels"):
+        parse_formula("psnr", ["psnr"])
+
+
+def test_the_longest_and_deepest_accepted_formulas_evaluate() -> None:
+    flat = "max(" + ", ".join(["psnr"] * 10_000) + ")"
+    flat = flat[: MAX_FORMULA_CHARS - 1].rsplit(",", 1)[0] + ")"
+    assert len(flat) <= MAX_FORMULA_CHARS
+    assert evaluate_formula(flat, {"psnr": 30.0}) == 30.0
+    with pytest.raises(FormulaError, match=f"at most {MAX_FORMULA_CHARS}"):
+        parse_formula(flat[:-1] + ", psnr" * 200 + ")", ["psnr"])
+    deep = "-" * (MAX_DEPTH - 2) + "psnr"  # Expression > UnaryOp ... > Name > Load
+    assert evaluate_formula(deep, {"psnr": 30.0}) == 30.0
+    with pytest.raises(FormulaError, match="nests more than"):
+        parse_formula("-" * MAX_DEPTH + "psnr", ["psnr"])
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        pytest.param("10 ** 10 ** 10", id="10**10**10"),
+        pytest.param("9 ** 9 ** 9 ** 9", id="9**9**9**9"),
+        pytest.param("2 ** (psnr * psnr * psnr)", id="exponent-from-variables"),
+        pytest.param("(-2) ** 5001", id="negative-base"),
+        pytest.param("psnr ** -4097", id="tiny-result"),
+    ],
+)
+def test_huge_exponents_fail_at_once_and_never_build_a_huge_number(formula: str) -> None:
+    """Exact integers would take minutes and gigabytes here; floats and the cap do not."""
+    started = time.monotonic()
+    with pytest.raises(FormulaError, match="is too large"):
+        evaluate_formula(formula, {"psnr": 30.0})
+    assert time.monotonic() - started < 0.1
+    assert MAX_EXPONENT == 4096
+
+
+def test_an_overflowing_power_below_the_exponent_cap_is_a_formula_error() -> None:
+    with pytest.raises(FormulaError, match="cannot evaluate"):
+        evaluate_formula("(10 ** 300) ** 2", {})
+    with pytest.raises(FormulaError, match="cannot evaluate"):
+        evaluate_formula("psnr ** 4096", {"psnr": 30.0})
+
+
+@pytest.mark.parametrize(
+    ("formula", "variables"),
+    [
+        pytest.param("1 / (x * 1e308 * 10)", {"x": 1.0}, id="overflow-then-divided"),
+        pytest.param("max(x * 1e308 * 10, 5)", {"x": -1.0}, id="overflow-then-max"),
+        pytest.param("1 / x", {"x": float("inf")}, id="infinite-input-divided"),
+    ],
+)
+def test_an_overflow_on_the_way_is_not_hidden_by_a_finite_result(
+    formula: str, variables: dict[str, float]
+) -> None:
+    with pytest.raises(FormulaError, match=r"cannot evaluate .* is -?inf"):
+        evaluate_formula(formula, variables)
+
+
+# ----------------------------------------------------- a formula that fails on one row
+
+
+def test_a_score_that_cannot_be_computed_fails_that_record_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The MAI formula on a PSNR of 2100 dB needs 2 ** 4200: that record fails with
+    ``score_not_computable`` (ours to look at: clearing retries it), the next is scored."""
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.submissions import evaluation
+
+    from .conftest import MAI2021
+
+    challenge = load_challenge(MAI2021)
+    track = challenge.track("learned_isp")
+    assert track.score.formula == MAI_SCORE
+    psnr = {"sane": 23.0, "absurd": 2100.0}
+
+    def measured(run: evaluation._Run) -> None:
+        run.record.runtime = {"median_ms": 80.0}
+        run.record.metrics = {"psnr": psnr[run.record.team], "ssim": 0.9}
+
+    for stage in ("_unpack_convert_check", "_benchmark"):
+        monkeypatch.setattr(evaluation, stage, lambda run: None)
+    monkeypatch.setattr(evaluation, "_fidelity", measured)
+    records = {
+        team: evaluation.evaluate(
+            evaluation.Evaluation(team=team), challenge, track, tmp_path / "x.zip", tmp_path
+        ).as_json()
+        for team in psnr
+    }
+    assert records["sane"]["status"] == "ok"
+    assert records["sane"]["score"] == pytest.approx(2 ** (2 * 23.0) / (1e15 * 80.0))
+    absurd = records["absurd"]
+    assert absurd["status"] == "failed" and absurd["score"] is None
+    assert [(e["code"], e["stage"]) for e in absurd["errors"]] == [
+        ("score_not_computable", "score")
+    ]
+    assert "exponent 4200" in absurd["errors"][0]["message"]
+    assert evaluation.retryable(absurd)

@@ -275,12 +275,54 @@ def field_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+# The shipped files are under 10 KB; a file far larger is a mistake (a data file saved
+# under the wrong name) that would slow every parse of the DAG files.
+MAX_CHALLENGE_FILE_BYTES = 1024 * 1024
+
+
 def read_challenge(path: str | Path) -> tuple[Challenge | None, list[Problem]]:
-    """Load and check one file; return the challenge (None when unusable) and all findings."""
+    """Load and check one file; return the challenge (None when unusable) and all findings.
+
+    Never raises: whatever goes wrong with one file is a finding about that file, so
+    ``mai-ops validate`` reports it and the DAG files keep every other challenge.
+    """
     path = Path(path)
+    try:
+        return _read_challenge(path)
+    except (RecursionError, MemoryError):
+        return None, [Problem(str(path), "", "the file nests too deeply to be read")]
+    except Exception as exc:  # noqa: BLE001 - a bug of ours met by this file; say so
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        return None, [Problem(str(path), "", f"cannot be checked ({reason})")]
+
+
+def _read_challenge(path: Path) -> tuple[Challenge | None, list[Problem]]:
     name = str(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_DatesAsTextLoader)  # noqa: S506
+        size = path.stat().st_size
+        if not path.is_file() and not path.is_dir():
+            # A FIFO or a device named *.yaml: reading it could block the DAG parse.
+            return None, [Problem(name, "", "not a regular file")]
+        if path.is_file() and size > MAX_CHALLENGE_FILE_BYTES:
+            return None, [
+                Problem(
+                    name,
+                    "",
+                    f"the file is {size:,} bytes; a challenge file is at most "
+                    f"{MAX_CHALLENGE_FILE_BYTES:,}",
+                )
+            ]
+        text = path.read_text(encoding="utf-8")
+        depth, line = _yaml_depth(text)
+        if depth > MAX_YAML_DEPTH:
+            return None, [
+                Problem(
+                    name,
+                    f"line {line}",
+                    f"lists and mappings nest more than {MAX_YAML_DEPTH} levels deep",
+                )
+            ]
+        raw = yaml.load(text, Loader=_DatesAsTextLoader)  # noqa: S506
     except FileNotFoundError:
         return None, [Problem(name, "", "file not found")]
     except OSError as exc:
@@ -320,6 +362,31 @@ class _DatesAsTextLoader(_SafeLoader):
 _DatesAsTextLoader.add_constructor(
     "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
 )
+
+
+# A challenge file nests 4 levels deep. libyaml's composer recurses in C once per
+# level: tens of thousands of brackets crash the process instead of raising.
+MAX_YAML_DEPTH = 64
+
+
+def _yaml_depth(text: str) -> tuple[int, int]:
+    """How deep lists and mappings nest, from the parser's events (no recursion).
+
+    Returns (depth, line where the deepest level opened); stops just past
+    MAX_YAML_DEPTH.
+    """
+    depth = deepest = 0
+    line = 0
+    for event in yaml.parse(text, Loader=_DatesAsTextLoader):
+        if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            depth += 1
+            if depth > deepest:
+                deepest, line = depth, event.start_mark.line + 1
+            if depth > MAX_YAML_DEPTH:
+                break
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            depth -= 1
+    return deepest, line
 
 
 def load_challenge(path: str | Path) -> Challenge:

@@ -98,20 +98,20 @@ def child_env(project_root: str | os.PathLike | None = PROJECT_ROOT) -> dict[str
     return env
 
 
-def limit_child(pid: int, memory_mb: int) -> None:
-    """Cap a started child's address space and disable its core dumps (best effort)."""
+def limit_child(pid: int, memory_mb: int, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+    """Cap a started child's address space and file size, no core dumps (best effort)."""
     try:
         import resource
 
         limit = memory_mb * MB
         resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
         resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
-        resource.prlimit(pid, resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
     except (ImportError, AttributeError, OSError, ValueError):
         pass  # the child applies the same limits to itself before opening the model
 
 
-def apply_own_limits(memory_mb: int) -> None:
+def apply_own_limits(memory_mb: int, max_file_bytes: int = MAX_FILE_BYTES) -> None:
     """In the child: the same caps, never above a hard limit already in force."""
     import resource
 
@@ -123,7 +123,7 @@ def apply_own_limits(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _, hard_fsize = resource.getrlimit(resource.RLIMIT_FSIZE)
     fsize = (
-        MAX_FILE_BYTES if hard_fsize == resource.RLIM_INFINITY else min(MAX_FILE_BYTES, hard_fsize)
+        max_file_bytes if hard_fsize == resource.RLIM_INFINITY else min(max_file_bytes, hard_fsize)
     )
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
@@ -163,7 +163,8 @@ def signal_name(sig: int) -> str:
 class ChildLimits:
     """What one child may use, and how it is started.
 
-    ``timeout_s`` wall-clock seconds, ``memory_mb`` address space in MiB. ``scratch`` is
+    ``timeout_s`` wall-clock seconds, ``memory_mb`` address space in MiB,
+    ``max_file_bytes`` the largest file it may write (``RLIMIT_FSIZE``). ``scratch`` is
     the one directory the child needs to write (its TMPDIR; a sandbox will keep the rest
     of the file system read-only). ``wrap`` turns the child's argv into the argv that
     starts it (a sandbox launcher goes there). ``env`` is added to the allow-listed
@@ -172,6 +173,7 @@ class ChildLimits:
 
     timeout_s: float = 120.0
     memory_mb: int = 4096
+    max_file_bytes: int = MAX_FILE_BYTES
     scratch: Path | None = None
     wrap: Callable[[list[str]], list[str]] | None = None
     env: Mapping[str, str] = field(default_factory=lambda: dict(SINGLE_THREADED))
@@ -220,10 +222,16 @@ def run_child(
 ) -> ChildOutcome:
     """Run ``python -m module`` on ``request`` in a limited child and say how it ended.
 
-    The child receives ``request`` with ``memory_mb`` added. ``repeated`` names the steps
-    the child may send more than once (collected as lists).
+    The child receives ``request`` with ``memory_mb`` and ``max_file_bytes`` added.
+    ``repeated`` names the steps the child may send more than once (collected as lists).
     """
-    payload = json.dumps(dict(request, memory_mb=int(limits.memory_mb))).encode()
+    payload = json.dumps(
+        dict(
+            request,
+            memory_mb=int(limits.memory_mb),
+            max_file_bytes=int(limits.max_file_bytes),
+        )
+    ).encode()
     env = child_env()
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.update(limits.env)
@@ -244,7 +252,7 @@ def run_child(
         )
     except OSError as exc:
         return ChildOutcome("crashed", message=f"could not start {module}: {exc}")
-    limit_child(proc.pid, limits.memory_mb)
+    limit_child(proc.pid, limits.memory_mb, int(limits.max_file_bytes))
     deadline = time.monotonic() + limits.timeout_s
     io = _Exchange(proc, payload)
     try:
@@ -321,7 +329,12 @@ def _confined(
         scratch.mkdir(parents=True, exist_ok=True)  # e.g. the folder a conversion fills
         sandbox.prepare_scratch(scratch)
     inside = [p for p in _paths_in(request) if scratch is None or not p.is_relative_to(scratch)]
-    box = sandbox.Confinement(scratch, tuple(inside), memory_mb=int(limits.memory_mb))
+    box = sandbox.Confinement(
+        scratch,
+        tuple(inside),
+        memory_mb=int(limits.memory_mb),
+        max_file_bytes=int(limits.max_file_bytes),
+    )
     return sandbox.confine(argv, box, env)
 
 
@@ -470,7 +483,10 @@ def serve(work: Callable[[dict[str, Any], ChildChannel], None]) -> int:
         request = json.loads(sys.stdin.read())
         if not isinstance(request, dict):
             raise TypeError("the request is not a JSON object")
-        apply_own_limits(int(request.get("memory_mb", ChildLimits.memory_mb)))
+        apply_own_limits(
+            int(request.get("memory_mb", ChildLimits.memory_mb)),
+            int(request.get("max_file_bytes", MAX_FILE_BYTES)),
+        )
         work(request, channel)
         channel.send("done")
     except ChildFailure as exc:

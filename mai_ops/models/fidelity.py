@@ -444,6 +444,37 @@ def score_with_reason(
     ``runtime_ms``, any other measurement (``power``, ``energy``, ``model_size_mb``)
     from ``measurements``, and the track's constants.
     """
+    score, reason, _ = _score(track, metrics, runtime_ms, measurements)
+    return score, reason
+
+
+def score_or_fail(
+    track: Any,
+    metrics: Mapping[str, float],
+    runtime_ms: float | None,
+    measurements: Mapping[str, float] | None = None,
+) -> float | None:
+    """The track's score; None (logged) when a variable was not measured.
+
+    A formula that cannot be computed on these values (an exponent or a result too
+    large, a division by zero) raises ``StageError("score_not_computable")``: that
+    submission's record fails with the reason, the others are scored.
+    """
+    score, reason, computable = _score(track, metrics, runtime_ms, measurements)
+    if not computable:
+        raise StageError("score_not_computable", reason)
+    if score is None:
+        log.warning("no score for track %s: %s", getattr(track, "id", "?"), reason)
+    return score
+
+
+def _score(
+    track: Any,
+    metrics: Mapping[str, float],
+    runtime_ms: float | None,
+    measurements: Mapping[str, float] | None,
+) -> tuple[float | None, str, bool]:
+    """(score, why not, False when the formula failed on the values themselves)."""
     formula = track.score.formula
     constants = dict(track.score.constants)
     values: dict[str, float] = {}
@@ -461,17 +492,17 @@ def score_with_reason(
     try:
         needed = formula_names(parse_formula(formula, known))
     except FormulaError as exc:
-        return None, f"the score formula {formula!r} is invalid: {exc}"
+        return None, f"the score formula {formula!r} is invalid: {exc}", True
     missing = sorted(needed - values.keys())
     if missing:
-        return None, f"the score formula {formula!r} needs {', '.join(missing)}, not measured"
+        return None, f"the score formula {formula!r} needs {', '.join(missing)}, not measured", True
     bad = sorted(n for n in needed if not math.isfinite(values[n]))
     if bad:
-        return None, f"not finite: {', '.join(f'{n}={values[n]}' for n in bad)}"
+        return None, f"not finite: {', '.join(f'{n}={values[n]}' for n in bad)}", True
     try:
-        return evaluate_formula(formula, {n: values[n] for n in needed}), ""
+        return evaluate_formula(formula, {n: values[n] for n in needed}), "", True
     except FormulaError as exc:
-        return None, str(exc)
+        return None, str(exc), False
 
 
 def score_from(

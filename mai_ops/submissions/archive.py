@@ -11,8 +11,10 @@ The checks, in the order they run (the first problem found is the one reported):
 
 1. the file is a zip at all (``not_a_zip``: missing, zero bytes, truncated, garbage,
    a bare ``.tflite`` uploaded instead of a zip), the archive's own size
-   (``archive_too_large``) and its entry count from the end-of-central-directory record,
-   read before Python's ``zipfile`` parses the directory (``too_many_files``);
+   (``archive_too_large``), then, before Python's ``zipfile`` reads the central
+   directory: the entry counts of the end-of-central-directory record and of its ZIP64
+   twin, the directory's size (at most ``max_files`` entries' worth) and its records,
+   counted one by one (``too_many_files``);
 2. per member, in directory order: its name (``bad_filename``: not decodable,
    control characters, NUL, ``:``, over-long; ``absolute_path``: ``/x``, ``\\x``,
    ``C:\\x``, ``\\\\server\\share``; ``zip_slip``: any ``..`` component, with ``\\``
@@ -63,16 +65,21 @@ Decisions, so they can be explained to a team:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import stat
 import struct
+import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from mai_ops.errors import StageError
+from mai_ops.errors import StageError, stage_codes
+from mai_ops.infra.child import ChildLimits, run_child
 
 _MB = 1024 * 1024
 RATIO_FLOOR_BYTES = 1 * _MB
@@ -177,6 +184,128 @@ def unpack_submission(
             raise
 
 
+CHILD = "mai_ops.submissions.archive_child"
+# What unpacking needs: Python and zipfile, a deflate/bzip2 window, an LZMA dictionary
+# of a normal size. A decompressor asked for more is a bomb.
+UNPACK_MEMORY_MB = 1024
+UNPACK_TIMEOUT_S = 600.0
+
+
+def unpack_in_child(
+    archive: str | Path,
+    dest: str | Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    *,
+    timeout_s: float = UNPACK_TIMEOUT_S,
+    memory_mb: int = UNPACK_MEMORY_MB,
+) -> Submission:
+    """:func:`unpack_submission` in a limited, sandboxed child; the same answers.
+
+    The child (:mod:`mai_ops.submissions.archive_child`) runs through the one child
+    runner, like conversion and the checks: its own memory cap, a wall-clock timeout,
+    files no larger than the per-member cap, writing only in ``dest``. An archive that
+    makes it run out of memory or time is a ``zip_bomb``; a child that dies otherwise
+    is ours (``internal_error``, raised as a :class:`StageError`). Raises
+    :class:`~mai_ops.infra.sandbox.SandboxUnavailable` when the sandbox cannot be set
+    up: nothing is unpacked then.
+    """
+    archive, dest = Path(archive).absolute(), Path(dest).absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"{dest} must be missing or an empty folder")
+    _archive_size(archive, limits)  # missing, empty or oversized: no child for that
+    member_cap = int(limits.max_member_mb * _MB)
+    child_limits = ChildLimits(
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_file_bytes=member_cap + _MB,
+        scratch=dest,
+    )
+    with _readable_by_the_sandbox(archive, dest) as readable:
+        request = {
+            "archive": str(readable),
+            "dest": str(dest),
+            "limits": dataclasses.asdict(limits),
+        }
+        outcome = run_child(CHILD, request, child_limits)
+    if outcome.status != "ok" or "unpacked" not in outcome.steps:
+        if dest.is_dir():
+            _empty(dest, remove=False)
+    if outcome.status == "timeout":
+        raise ArchiveError(
+            "zip_bomb",
+            f"unpacking did not finish within {timeout_s:g} s; this looks like a zip bomb",
+        )
+    if outcome.status == "memory_exceeded":
+        raise ArchiveError(
+            "zip_bomb",
+            f"unpacking needs more than {memory_mb} MB of memory; this looks like a zip bomb",
+        )
+    error = outcome.steps.get("error")
+    if outcome.status == "ok" and isinstance(error, dict):
+        code, message = str(error.get("code")), str(error.get("message", ""))
+        if code in stage_codes("unpack"):
+            raise ArchiveError(code, message)
+    unpacked = outcome.steps.get("unpacked")
+    if outcome.status != "ok" or not isinstance(unpacked, dict):
+        raise StageError(
+            "internal_error", f"the unpacking process stopped: {outcome.message or 'no answer'}"
+        )
+    return _submission_from(unpacked, dest, limits)
+
+
+@contextlib.contextmanager
+def _readable_by_the_sandbox(archive: Path, dest: Path) -> Generator[Path, None, None]:
+    """``archive``, or a private copy others may read when the child runs as another uid."""
+    if os.geteuid() != 0 or archive.stat().st_mode & stat.S_IROTH:
+        yield archive
+        return
+    folder = Path(tempfile.mkdtemp(prefix="archive-", dir=dest.parent))
+    try:
+        folder.chmod(0o755)
+        copy = folder / archive.name
+        shutil.copyfile(archive, copy)
+        copy.chmod(0o644)
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _submission_from(answer: dict, dest: Path, limits: ArchiveLimits) -> Submission:
+    """The child's answer as a :class:`Submission`, trusting none of its paths.
+
+    Everything in ``dest`` must be a folder or a regular file (a link made by a child
+    that went wrong would point the next stages elsewhere) and every path named must
+    stay inside ``dest``.
+    """
+    base = dest.resolve()
+    seen = 0
+    for folder, dirs, files in os.walk(base):
+        for name in [*dirs, *files]:
+            seen += 1
+            mode = os.lstat(os.path.join(folder, name)).st_mode
+            if seen > limits.max_files or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                _empty(dest, remove=False)
+                raise StageError(
+                    "internal_error", "the unpacking process left something unexpected"
+                )
+
+    def inside(rel: object, root: Path) -> Path | None:
+        if rel is None:
+            return None
+        path = Path(os.path.normpath(root / str(rel)))
+        if not Path(os.path.realpath(path)).is_relative_to(base):
+            _empty(dest, remove=False)
+            raise StageError("internal_error", "the unpacking process named a path outside")
+        return path
+
+    root = inside(answer.get("root", "."), dest) or dest
+    sub = Submission(root=root, files=[str(f) for f in answer.get("files", [])])
+    for name in ("model", "model_none", "saved_model", "keras_model", "factsheet", "readme"):
+        setattr(sub, name, inside(answer.get(name), root))
+    sub.results = [inside(p, root) for p in answer.get("results", [])]
+    return sub
+
+
 # ---------------------------------------------------------------------------------
 # 1. the archive itself
 # ---------------------------------------------------------------------------------
@@ -198,8 +327,8 @@ def _archive_size(archive: Path, limits: ArchiveLimits) -> int:
         )
     with archive.open("rb") as fh:
         head = fh.read(8)
-    entries = _declared_entries(archive, size)
-    if entries is None:
+    directory = _read_directory(archive, size)
+    if directory is None:
         hint = ""
         if head[4:8] == b"TFL3":
             hint = " It looks like a bare .tflite model: put model.tflite inside a .zip file."
@@ -208,38 +337,108 @@ def _archive_size(archive: Path, limits: ArchiveLimits) -> int:
         elif head.startswith(b"\x1f\x8b") or head.startswith(b"7z") or head.startswith(b"Rar!"):
             hint = " It looks like a gzip/tar, 7z or rar archive; only .zip is accepted."
         raise ArchiveError("not_a_zip", f"{archive.name} is not a readable zip archive.{hint}")
-    if entries > limits.max_files:
-        raise ArchiveError(
-            "too_many_files",
-            f"the archive has {entries} entries, more than the limit of {limits.max_files} "
-            "(files and folders count)",
-        )
+    _check_directory(archive, directory, limits)
     return size
 
 
-def _declared_entries(archive: Path, size: int) -> int | None:
-    """The entry count of the end-of-central-directory record (ZIP64 aware); None if absent.
+# The central directory's record of one entry: 46 bytes, the name (at most
+# _MAX_NAME_BYTES, longer ones are refused anyway), and room for extra fields and a
+# comment. A directory larger than max_files of these holds more entries than allowed,
+# or padding; either way zipfile would read all of it into memory.
+_DIRECTORY_ENTRY_BYTES = 46 + _MAX_NAME_BYTES + 1024
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL = b"PK\x01\x02"
 
-    Read here so an archive declaring millions of entries is refused before
-    ``zipfile`` builds an object for each of them.
+
+@dataclass(frozen=True)
+class _Directory:
+    """What the end records say about the central directory (the largest of each)."""
+
+    entries: int  # the most entries any end record declares
+    size: int  # the largest central directory size any end record declares
+    start: int  # where zipfile will read the directory from
+    length: int  # how many bytes it will read there
+
+
+def _read_directory(archive: Path, size: int) -> _Directory | None:
+    """The end-of-central-directory record and its ZIP64 twin, found as zipfile finds them.
+
+    Read here so an archive declaring millions of entries, or a directory of
+    gigabytes, is refused before ``zipfile`` reads the directory and builds an object
+    for each entry. Both entry counts of each record count, and the ZIP64 record is
+    read where zipfile reads it (just before its locator) and where the locator points.
     """
-    tail_len = min(size, 22 + 65535 + 20 + 56)
-    with archive.open("rb") as fh:
-        fh.seek(size - tail_len)
-        tail = fh.read(tail_len)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < 22:
+    if size < 22:
         return None
-    entries = struct.unpack("<H", tail[at + 10 : at + 12])[0]
-    if entries == 0xFFFF and at >= 20 and tail[at - 20 : at - 16] == b"PK\x06\x07":
-        (offset,) = struct.unpack("<Q", tail[at - 12 : at - 4])
-        if 0 <= offset <= size - 56:
-            with archive.open("rb") as fh:
-                fh.seek(offset)
-                record = fh.read(56)
-            if record[:4] == b"PK\x06\x06":
-                (entries,) = struct.unpack("<Q", record[32:40])
-    return entries
+    with archive.open("rb") as fh:
+        fh.seek(size - 22)
+        record = fh.read(22)
+        at = size - 22
+        if not (record[:4] == _EOCD and record[-2:] == b"\0\0"):
+            first = max(size - (1 << 16) - 22, 0)
+            fh.seek(first)
+            tail = fh.read()
+            found = tail.rfind(_EOCD)
+            if found < 0 or len(tail) - found < 22:
+                return None
+            record, at = tail[found : found + 22], first + found
+        _, _, _, here, total, length, _, _ = struct.unpack("<4s4H2LH", record)
+        entries, largest, start = max(here, total), length, at - length
+        if at >= 20:
+            fh.seek(at - 20)
+            locator = fh.read(20)
+            if locator[:4] == _ZIP64_LOCATOR:
+                (pointed,) = struct.unpack("<Q", locator[8:16])
+                for where in dict.fromkeys((at - 20 - 56, pointed)):
+                    if not 0 <= where <= size - 56:
+                        continue
+                    fh.seek(where)
+                    record64 = fh.read(56)
+                    if record64[:4] != _ZIP64_EOCD:
+                        continue
+                    here, total, length64, _ = struct.unpack("<4Q", record64[24:56])
+                    entries = max(entries, here, total)
+                    largest = max(largest, length64)
+                    if where == at - 20 - 56:  # the one zipfile uses
+                        length, start = length64, where - length64
+    return _Directory(entries, largest, start, length)
+
+
+def _check_directory(archive: Path, directory: _Directory, limits: ArchiveLimits) -> None:
+    """Entry counts, the directory's size, then its records counted one by one."""
+    if directory.entries > limits.max_files:
+        raise ArchiveError(
+            "too_many_files",
+            f"the archive has {directory.entries} entries, more than the limit of "
+            f"{limits.max_files} (files and folders count)",
+        )
+    cap = limits.max_files * _DIRECTORY_ENTRY_BYTES
+    if directory.size > cap:
+        raise ArchiveError(
+            "too_many_files",
+            f"the archive's directory is {_size(directory.size)}, more than {limits.max_files} "
+            f"entries can need ({cap:,} bytes); the limit is {limits.max_files} entries "
+            "(files and folders count)",
+        )
+    if directory.start < 0:
+        return  # zipfile says it is not a zip: not_a_zip
+    with archive.open("rb") as fh:
+        fh.seek(directory.start)
+        data = fh.read(directory.length)
+    count, pos = 0, 0
+    while pos + 46 <= len(data) and data[pos : pos + 4] == _CENTRAL:
+        count += 1
+        if count > limits.max_files:
+            raise ArchiveError(
+                "too_many_files",
+                f"the archive's directory lists more than {limits.max_files} entries "
+                f"(its end record says {directory.entries}); the limit is "
+                f"{limits.max_files} (files and folders count)",
+            )
+        name, extra, comment = struct.unpack("<3H", data[pos + 28 : pos + 34])
+        pos += 46 + name + extra + comment
 
 
 class _open_zip:
@@ -556,6 +755,13 @@ def _extract(
                     out.write(chunk)
         except ArchiveError:
             raise
+        except MemoryError:
+            # e.g. an LZMA header asking for a 4 GiB dictionary, under the child's cap
+            raise ArchiveError(
+                "zip_bomb",
+                f"{_show(m.path)} needs more memory to unpack than allowed; "
+                "this looks like a zip bomb",
+            ) from None
         except OSError as exc:
             if exc.errno is not None:
                 raise  # our own disk (full, permissions), not the archive's fault

@@ -222,9 +222,10 @@ def _fidelity(run: _Run) -> None:
 
 
 def _score(run: _Run) -> None:
-    from mai_ops.models.fidelity import score_from
+    from mai_ops.models.fidelity import score_or_fail
 
     if run.record.metrics is None:
         return
-    run.record.score = score_from(run.track, run.record.metrics, run.record.runtime_ms)
+    # A formula that overflows on these values fails this record (score_not_computable).
+    run.record.score = score_or_fail(run.track, run.record.metrics, run.record.runtime_ms)
     run.record.stages.append("score")

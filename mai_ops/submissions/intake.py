@@ -7,11 +7,12 @@ Two halves, both pure (no Airflow, no network; the S3 and DAG glue call them):
   sha256, the challenge, the registered teams and the earlier uploads. A refusal is
   an :class:`IntakeError` with a registered ``code`` (:mod:`mai_ops.errors`) and a
   ``message`` the team reads in its reply email.
-- :func:`check_submission` unpacks an accepted archive safely
-  (:mod:`mai_ops.submissions.archive`), converts a SavedModel / Keras model to TFLite in a child
-  process (:mod:`mai_ops.models.conversion`) when there is no ``model.tflite``, and runs the
-  conversion checks (:mod:`mai_ops.models.checks`) on ``model.tflite`` and, when the
-  track has a fidelity model, on ``model_none.tflite``.
+- :func:`check_submission` unpacks an accepted archive safely, in a limited and
+  sandboxed child (:func:`mai_ops.submissions.archive.unpack_in_child`), converts a
+  SavedModel / Keras model to TFLite in a child process (:mod:`mai_ops.models.conversion`)
+  when there is no ``model.tflite``, and runs the conversion checks
+  (:mod:`mai_ops.models.checks`) on ``model.tflite`` and, when the track has a fidelity
+  model, on ``model_none.tflite``.
 
 The key layout is ``<track>/<phase>/<team>/<filename>`` in the challenge's
 submissions bucket (:mod:`mai_ops.infra.layout`), ``phase`` being ``validation``
@@ -77,7 +78,7 @@ from mai_ops.infra.layout import (
 )
 from mai_ops.models.checks import ModelSpec, check_model
 from mai_ops.models.conversion import ConversionError, convert_in_child
-from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_submission
+from mai_ops.submissions.archive import ArchiveError, ArchiveLimits, unpack_in_child
 
 STATUSES = ("ok", "failed", "rejected")
 _MB = 1024 * 1024
@@ -401,7 +402,9 @@ def check_submission(
             shutil.rmtree(folder)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        sub = unpack_submission(archive, unpacked, limits or ArchiveLimits())
+        # In a limited, sandboxed child: a zip bomb costs that process, not the worker.
+        # A child that died for a reason of ours raises StageError("internal_error").
+        sub = unpack_in_child(archive, unpacked, limits or ArchiveLimits())
     except ArchiveError as exc:
         report.add(exc.code, exc.message)
         return report
