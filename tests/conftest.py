@@ -61,17 +61,21 @@ def s3_server():
 
 @pytest.fixture
 def s3(s3_server):
-    """A client on a clean server: every bucket of mai2021 exists and is empty."""
+    """A client on a clean server: every bucket of mai2021 exists and is empty.
+
+    The submissions bucket is versioned, as the project creates it; every version of
+    every object is removed, so no test sees an earlier test's uploads.
+    """
     from mai_ops.challenge.config import load_challenge
-    from mai_ops.dev.embedded import ensure_buckets
-    from mai_ops.infra.storage import list_objects
+    from mai_ops.dev.embedded import ensure_challenge_buckets
+    from mai_ops.infra.storage import list_versions
 
     client = s3_server.client()
-    buckets = load_challenge(MAI2021).buckets.model_dump().values()
-    ensure_buckets(client, buckets)
-    for bucket in buckets:
-        for obj in list(list_objects(client, bucket)):
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    buckets = load_challenge(MAI2021).buckets
+    ensure_challenge_buckets(client, buckets)
+    for bucket in buckets.model_dump().values():
+        for entry in list(list_versions(client, bucket)):
+            client.delete_object(Bucket=bucket, Key=entry["Key"], VersionId=entry["VersionId"])
     return client
 
 

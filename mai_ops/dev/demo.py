@@ -25,7 +25,13 @@ from mai_ops import PROJECT_ROOT
 from mai_ops.challenge.config import Challenge, default_challenges_dir, load_challenge
 from mai_ops.challenge.participants import load_teams
 from mai_ops.challenge.timeline import DagPhase, dag_id, phase_instants
-from mai_ops.dev.embedded import LocalS3, LocalSMTP, connection_env, ensure_buckets, read_outbox
+from mai_ops.dev.embedded import (
+    LocalS3,
+    LocalSMTP,
+    connection_env,
+    ensure_challenge_buckets,
+    read_outbox,
+)
 from mai_ops.dev.reference_models import build_reference_tflite
 from mai_ops.devices.pools import import_pools
 from mai_ops.infra.layout import FINAL_PHASE, FROZEN, PRELIMINARY_JSON, data_prefix, upload_key
@@ -211,7 +217,7 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
         import_pools({**os.environ}, [challenge])
 
         s3 = s3_server.client()
-        ensure_buckets(s3, challenge.buckets.model_dump().values())
+        ensure_challenge_buckets(s3, challenge.buckets)
         stage_demo_data(s3, challenge, challenge_file)
 
         from airflow.dag_processing.dagbag import DagBag

@@ -162,15 +162,29 @@ def s3_client(endpoint_url: str) -> Any:
     return _client("s3", endpoint_url)
 
 
-def ensure_buckets(s3: Any, names: Iterable[str]) -> list[str]:
-    """Create the buckets that are missing; return the ones created."""
+def ensure_buckets(s3: Any, names: Iterable[str], versioned: Iterable[str] = ()) -> list[str]:
+    """Create the buckets that are missing; return the ones created.
+
+    Each bucket in ``versioned`` (the challenge's submissions bucket) keeps every
+    version of its objects, existing buckets included, so the freeze copies exactly the
+    version received by the deadline even when it was replaced afterwards.
+    """
+    from mai_ops.infra.storage import enable_versioning
+
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     created = []
     for name in names:
         if name not in existing:
             s3.create_bucket(Bucket=name)
             created.append(name)
+    for name in versioned:
+        enable_versioning(s3, name)
     return created
+
+
+def ensure_challenge_buckets(s3: Any, buckets: Any) -> list[str]:
+    """A challenge's buckets (its ``buckets``), the submissions bucket versioned."""
+    return ensure_buckets(s3, buckets.model_dump().values(), versioned=[buckets.submissions])
 
 
 class _MaildirHandler:

@@ -127,7 +127,11 @@ class ChallengeWatcher:
 
     def _read_if_changed(self, path: Path, done: list[str]) -> None:
         """Serve ``path`` if it is new or changed: its buckets and upload queue."""
-        from mai_ops.dev.embedded import ensure_buckets, ensure_upload_notifications, s3_client
+        from mai_ops.dev.embedded import (
+            ensure_challenge_buckets,
+            ensure_upload_notifications,
+            s3_client,
+        )
 
         mtime = path.stat().st_mtime
         if self.known.get(path, (None,))[0] == mtime:
@@ -139,7 +143,11 @@ class ChallengeWatcher:
             done.append(f"skipping {path.name}: {len(errors)} error(s); see `mai-ops validate`")
             return
         buckets = list(challenge.buckets.model_dump().values()) if challenge.buckets else []
-        created = ensure_buckets(s3_client(self.s3_endpoint), buckets)
+        created = (
+            ensure_challenge_buckets(s3_client(self.s3_endpoint), challenge.buckets)
+            if challenge.buckets
+            else []
+        )
         line = f"{challenge.id}: buckets {', '.join(buckets) or '(none)'}"
         if created:
             line += f" ({len(created)} created)"

@@ -104,3 +104,42 @@ def copy_if_changed(s3: Any, src_bucket: str, src_key: str, dst_bucket: str, dst
         MetadataDirective="REPLACE",
     )
     return digest
+
+
+def is_missing(exc: Exception) -> bool:
+    """Whether a client error says the object (or the version asked for) does not exist."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
+
+
+def is_precondition_failed(exc: Exception) -> bool:
+    """Whether a client error is a failed condition (``If-Match`` on another ETag)."""
+    error = getattr(exc, "response", {}).get("Error", {})
+    return error.get("Code") in {"412", "PreconditionFailed"}
+
+
+def bucket_versioned(s3: Any, bucket: str) -> bool:
+    """Whether the bucket keeps every version of an object (versioning ``Enabled``)."""
+    return s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+
+
+def enable_versioning(s3: Any, bucket: str) -> None:
+    """Keep every version of every object in ``bucket`` from now on (idempotent)."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+def list_versions(s3: Any, bucket: str, prefix: str = "") -> Iterator[dict]:
+    """Every version and delete marker under ``prefix``, each key's newest first.
+
+    The ListObjectVersions entries, with ``DeleteMarker`` set on the markers. A bucket
+    without versioning lists each object once, with the version id ``"null"``.
+    """
+    paginator = s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        entries = [{**v, "DeleteMarker": False} for v in page.get("Versions", [])]
+        entries += [{**m, "DeleteMarker": True} for m in page.get("DeleteMarkers", [])]
+        # Each key's entries newest first, as S3 orders them; within one second the
+        # server's own order (IsLatest first) decides, so keep it stable.
+        yield from sorted(
+            entries, key=lambda e: (e["Key"], not e.get("IsLatest"), -e["LastModified"].timestamp())
+        )
