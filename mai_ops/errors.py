@@ -57,6 +57,9 @@ _ALL = [
         not_registered="the team is not registered for this track",
         phase_not_open="the phase has not opened yet",
         late="uploaded after the final deadline (server timestamp)",
+        replaced_after_deadline="final phase: the upload received in time was replaced or "
+        "deleted before the freeze copied it, in a submissions bucket without versioning; "
+        "its bytes are gone and nothing is frozen in its place",
         not_zip_name="the file name does not end with .zip",
         upload_too_large="the upload is larger than the archive size limit",
         duplicate="identical (sha256) to an earlier validation upload whose checks ran "

@@ -121,7 +121,9 @@ def test_freeze_final_set_keeps_latest_upload_and_reports_gaps(s3, airflow_conne
     assert set(frozen) == {("learned_isp", "aurora"), ("depth", "borealis")}
     assert frozen[("learned_isp", "aurora")]["source"].endswith("b.zip")
     assert {"track": "quantized_sr", "team": "aurora"} in manifest["missing"]
-    assert manifest["rejected"][0]["reason"] == "unknown team 'mallory'"
+    (refused,) = manifest["rejected"]
+    assert (refused["code"], refused["team"]) == ("unknown_team", "mallory")
+    assert "'mallory' is not a registered team" in refused["reason"]
     assert counts == {"frozen": 2, "missing": 3, "rejected": 1}
     # Same inputs, same manifest, even when frozen again from the bucket.
     tasks.freeze_final(MAI2021, refreeze=True)

@@ -276,10 +276,33 @@ def receipt_notice_key(challenge_id: str, team_id: str, early: bool = False) -> 
     return f"{challenge_id}/{kind}/{team_id}"
 
 
+def _refused_team(refusal: dict) -> str | None:
+    """The team a refused final upload belongs to: the team folder its key names, exactly."""
+    if "team" in refusal:
+        return refusal["team"]
+    return final_upload_team(refusal["key"])  # a manifest written before teams were named
+
+
+def _frozen_line(challenge: Challenge, frozen: dict) -> str:
+    """What was frozen for one track: the upload, when the server received it, its sha256."""
+    line = f"- {frozen['track']}: {shown_key(frozen['source'])}"
+    if frozen.get("uploaded_at"):
+        received = utc_and_local(dt.datetime.fromisoformat(frozen["uploaded_at"]), challenge)
+        line += f", received by the server at {received},"
+    return f"{line} sha256 {frozen['sha256']}"
+
+
+def _refused_line(refusal: dict) -> str:
+    code = f" [{refusal['code']}]" if refusal.get("code") else ""
+    return f"- NOT accepted{code}: {shown_key(refusal['key'])}: {refusal['reason']}"
+
+
 def receipt_notices(
     challenge: Challenge, manifest: dict, teams: list[Team], early: bool = False
 ) -> list[Notice]:
-    """A receipt per team: what was frozen (with sha256) and what is missing.
+    """A receipt per team: what was frozen (when received, with its sha256), what is
+    missing, and each refused upload of that team's own (by the team folder of its key,
+    exactly), with its code and reason.
 
     After an ``early`` freeze the receipt says so, under its own key, so the receipt of
     the freeze at the deadline is still sent.
@@ -298,12 +321,12 @@ def receipt_notices(
     for team in teams:
         mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
         gaps = [m["track"] for m in manifest["missing"] if m["team"] == team.team_id]
-        late = [r for r in manifest["rejected"] if final_upload_team(r["key"]) == team.team_id]
-        if not mine and not gaps and not late:
+        refused = [r for r in manifest["rejected"] if _refused_team(r) == team.team_id]
+        if not mine and not gaps and not refused:
             continue
-        lines = [f"- {f['track']}: {shown_key(f['source'])} sha256 {f['sha256']}" for f in mine]
+        lines = [_frozen_line(challenge, f) for f in mine]
         lines += [f"- {track}: NO final submission received" for track in gaps]
-        lines += [f"- NOT accepted: {shown_key(r['key'])}: {r['reason']}" for r in late]
+        lines += [_refused_line(r) for r in refused]
         notices.append(
             Notice(
                 key=receipt_notice_key(challenge.id, team.team_id, early),
