@@ -34,7 +34,16 @@ from mai_ops.infra.layout import (
     unknown_team_prefix,
     upload_record_key,
 )
-from mai_ops.infra.storage import get_json, list_objects, object_exists, put_json, sha256_of_file
+from mai_ops.infra.storage import (
+    CHUNK,
+    get_json,
+    is_missing,
+    is_precondition_failed,
+    list_objects,
+    object_exists,
+    put_json,
+    sha256_of_file,
+)
 from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
 
 # A run answers at most this many uploads in all, and at most MAX_PER_OWNER of one
@@ -142,6 +151,37 @@ def _history(s3: Any, challenge: Challenge, key: str, etag: str) -> list:
     return past
 
 
+# How many times an upload replaced while it is being read is looked at again.
+MAX_READS = 3
+
+
+class _Replaced(Exception):
+    """The object under the key is no longer the version its HEAD described."""
+
+
+def _download_version(s3: Any, bucket: str, key: str, head: dict, path: Path) -> None:
+    """Exactly the version ``head`` describes, into ``path``; :class:`_Replaced` if gone.
+
+    A versioned bucket is read by the version id, so a later upload under the same key
+    changes nothing here (it is judged on its own, under its own record); a bucket
+    without versions is read with ``If-Match`` on the ETag.
+    """
+    version = head.get("VersionId")
+    if version and version != "null":
+        condition = {"VersionId": version}
+    else:
+        condition = {"IfMatch": head["ETag"]}
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key, **condition)["Body"]
+    except s3.exceptions.ClientError as exc:
+        if is_precondition_failed(exc) or is_missing(exc):
+            raise _Replaced(key) from None
+        raise
+    with open(path, "wb") as fh:
+        for chunk in iter(lambda: body.read(CHUNK), b""):
+            fh.write(chunk)
+
+
 def process_upload(
     s3: Any, challenge: Challenge, teams: list[Team], key: str, retry_failed: bool = True
 ) -> dict:
@@ -153,12 +193,30 @@ def process_upload(
     the storage itself propagates (the task retries). A record that failed for a
     reason of ours (a registered code with ``retry``: a crash, a phone offline) is
     processed again when its task is cleared; any other record is the answer.
+
+    Exactly one version is judged, under its own record: the one the HEAD saw, read by
+    its version id (or with ``If-Match`` on its ETag in a bucket without versions). When
+    that version was replaced before it could be read (no versions kept), the version
+    now under the key is looked at and judged instead; the replaced one is gone.
     """
+    bucket = challenge.buckets.submissions
+    for _ in range(MAX_READS):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        try:
+            return _process_version(s3, challenge, teams, key, head, retry_failed)
+        except _Replaced:
+            continue  # replaced between the HEAD and the download: judge the new one
+    raise RuntimeError(f"{key} was replaced {MAX_READS} times while being read; try again")
+
+
+def _process_version(
+    s3: Any, challenge: Challenge, teams: list[Team], key: str, head: dict, retry_failed: bool
+) -> dict:
+    """:func:`process_upload` for the version ``head`` describes."""
     from mai_ops.models.fidelity import load_validation_set
     from mai_ops.submissions.intake import IntakeError, Upload, judge_upload, oversize
 
     results = challenge.buckets.results
-    head = s3.head_object(Bucket=challenge.buckets.submissions, Key=key)
     etag = head["ETag"].strip('"')
     rejudged = False
     if object_exists(s3, results, upload_record_key(key, etag)):
@@ -182,7 +240,7 @@ def process_upload(
         return _store(s3, results, record, teams, rejudged)
     with tempfile.TemporaryDirectory(prefix="mai-upload-") as tmp:
         archive = Path(tmp) / "upload.zip"
-        s3.download_file(challenge.buckets.submissions, key, str(archive))
+        _download_version(s3, challenge.buckets.submissions, key, head, archive)
         record.sha256 = sha256_of_file(archive)
         upload = Upload(key=key, size=record.size, uploaded_at=uploaded_at, sha256=record.sha256)
         try:
