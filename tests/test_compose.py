@@ -135,6 +135,11 @@ def test_minio_init_creates_the_challenge_buckets(resolved: dict) -> None:
     init = resolved["services"]["minio-init"]
     assert init["environment"]["MAI_OPS_BUCKETS"].split(",") == BUCKETS
     assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    # The freeze copies the version received by the deadline: submissions keep versions.
+    assert init["environment"]["MAI_OPS_VERSIONED_BUCKETS"].split(",") == [
+        b for b in BUCKETS if b.endswith("-submissions")
+    ]
+    assert 'mc version enable "local/$${bucket}"' in "\n".join(init["command"])
 
 
 def test_every_long_running_service_has_a_healthcheck(resolved: dict) -> None:
