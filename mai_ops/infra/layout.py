@@ -97,7 +97,11 @@ def final_upload_prefix(track: str, team: str) -> str:
 
 
 def final_upload_team(key: str) -> str | None:
-    """The team of a key under ``<track>/final/<team>/...`` (deeper files included), else None."""
+    """The team folder of a key under ``<track>/final/<team>/...``, else None.
+
+    Deeper keys are included, so a misplaced final upload is named in that team's
+    receipt; only keys of exactly four parts (:func:`parse_upload_key`) are frozen.
+    """
     parts = key.split("/")
     return parts[2] if len(parts) >= 4 and parts[1] == FINAL_PHASE else None
 

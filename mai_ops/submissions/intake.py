@@ -49,7 +49,9 @@ Decisions (docs/participants.md explains them to teams):
 - Duplicates (validation phase only): the same sha256 as an earlier validation upload
   of the same team and track whose status is ``"ok"`` or ``"failed"`` (the same bytes
   give the same result); a rejected upload may be sent again unchanged. The message
-  names the latest such key.
+  names the latest such key. The same bytes sent again under the same key are not a
+  duplicate but the same upload: records are keyed by key and ETag, so the stored
+  record is the answer and nothing is judged or sent again.
 - Determinism: the decision depends only on (upload, challenge, teams, history); the
   upload's own record in ``history`` (same key and time) is not "earlier", and
   records later than the upload are ignored, so re-judging gives the same answer.
