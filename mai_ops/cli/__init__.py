@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mai_ops.cli import challenge, dev, devices, models, submissions
+from mai_ops.cli import challenge, dev, devices, metrics, models, submissions
 
-GROUPS = (challenge, dev, devices, models, submissions)
+GROUPS = (challenge, dev, devices, models, metrics, submissions)
 
 
 def build_parser() -> argparse.ArgumentParser:
