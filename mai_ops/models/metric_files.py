@@ -92,7 +92,8 @@ def evaluate_folders(
 ) -> list[MetricResult]:
     """Each metric (registry names) over the pairs of the two folders.
 
-    Every pair is read once for all the metrics. Raises :class:`MetricFileError`
+    Every pair is read once for all the metrics, the next one while this one is
+    computed. Raises :class:`MetricFileError`
     naming the file for a missing partner, an unreadable file or a shape mismatch.
     """
     pred_dir, target_dir = Path(pred_dir), Path(target_dir)
@@ -101,11 +102,27 @@ def evaluate_folders(
     pairs = pair_files(pred_dir, target_dir, metrics)
     read = read or read_array
     values: dict[str, dict[str, float]] = {m: {} for m in metrics}
-    for name, pred_path, target_path in pairs:
-        pred, target = read(pred_path), read(target_path)
+    for (name, pred_path, target_path), (pred, target) in _read_ahead(pairs, read):
         for metric in metrics:
             values[metric][name] = _value(metric, pred, target, data_range, pred_path, target_path)
     return [MetricResult(m, math.fsum(v.values()) / len(v), v) for m, v in values.items()]
+
+
+def _read_ahead(pairs, read):
+    """Each pair with its two arrays; the next pair is read (and decoded) in a thread
+    while the caller computes this one's metrics. A read error is raised in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(pair):
+        return read(pair[1]), read(pair[2])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="metric-read") as pool:
+        ahead = pool.submit(load, pairs[0])
+        for i, pair in enumerate(pairs):
+            arrays = ahead.result()
+            if i + 1 < len(pairs):
+                ahead = pool.submit(load, pairs[i + 1])
+            yield pair, arrays
 
 
 def _value(metric: str, pred, target, data_range: float | None, p: Path, t: Path) -> float:
