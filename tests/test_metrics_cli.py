@@ -248,6 +248,16 @@ def test_ssim_matches_skimage(kind):
         assert ssim(pred, target, data_range) == pytest.approx(want, abs=1e-9)
 
 
+def test_ssim_of_identical_and_of_non_contiguous_images():
+    from skimage.metrics import structural_similarity
+
+    pred, target, _ = SSIM_CASES["full-HD blurred"]
+    assert ssim(target, target.copy(), 255) == 1.0
+    flipped, view = pred[::-1, ::2], target[::-1, ::2]  # strided views, not copies
+    want = structural_similarity(flipped, view, data_range=255, channel_axis=-1, **SSIM_ARGS)
+    assert ssim(flipped, view, 255) == pytest.approx(want, abs=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["gray", "rgb", "16-bit", "float", "full-HD blurred"])
 def test_psnr_matches_skimage(kind):
     from skimage.metrics import peak_signal_noise_ratio
