@@ -93,8 +93,8 @@ def evaluate_folders(
     """Each metric (registry names) over the pairs of the two folders.
 
     Every pair is read once for all the metrics, the next one while this one is
-    computed. Raises :class:`MetricFileError`
-    naming the file for a missing partner, an unreadable file or a shape mismatch.
+    computed. Raises :class:`MetricFileError` naming the file for a missing partner,
+    an unreadable file or a shape mismatch.
     """
     pred_dir, target_dir = Path(pred_dir), Path(target_dir)
     if data_range is not None and not (math.isfinite(data_range) and data_range > 0):
