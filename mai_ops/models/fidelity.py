@@ -362,15 +362,12 @@ def _score_samples(
 
 def infer_data_range(dtype: Any) -> float:
     """1.0 for float ground truth, the dtype's full span for integers (255 for uint8)."""
-    import numpy as np
+    from mai_ops.models.metrics import data_range_of
 
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return 1.0
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return float(int(info.max) - int(info.min))
-    raise ValidationDataError(f"ground truth of dtype {dtype} has no data range")
+    span = data_range_of(dtype)
+    if span is None:
+        raise ValidationDataError(f"ground truth of dtype {dtype} has no data range")
+    return span
 
 
 def _truth(truth: Any, name: str):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mai_ops.models.metrics import METRICS, MetricError, compute_metric
+from mai_ops.models.metrics import METRICS, MetricError, compute_metric, data_range_of
 
 IMAGE_SUFFIXES = (".png", ".npy")
 LABEL_SUFFIXES = (".npy", ".txt")
@@ -156,13 +156,7 @@ def _value(metric: str, pred, target, data_range: float | None, p: Path, t: Path
 
 def default_data_range(dtype: Any) -> float:
     """The span of an integer dtype (255 for uint8, 65535 for uint16); 1.0 otherwise."""
-    import numpy as np
-
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return float(int(info.max) - int(info.min))
-    return 1.0
+    return data_range_of(dtype) or 1.0
 
 
 def _squeezed(shape: tuple[int, ...]) -> list[int]:

@@ -448,3 +448,17 @@ def _data_range(value: Any) -> float:
     if not math.isfinite(r) or r <= 0:
         raise MetricError(f"data_range must be positive and finite, got {value!r}")
     return r
+
+
+def data_range_of(dtype: Any) -> float | None:
+    """The values' span by dtype: 1.0 for floats, the full span of an integer type
+    (255 for uint8, 65535 for uint16); ``None`` for any other kind."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return 1.0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return float(int(info.max) - int(info.min))
+    return None
