@@ -51,6 +51,12 @@ CHALLENGE = {
         "results": "pooltest-results",
     },
     "timeline": [
+        # The final phase opens at the test data release: uploads before it are refused.
+        {
+            "name": "test_data_release",
+            "title": "Test data",
+            "date": str(dt.date.today() - dt.timedelta(days=1)),
+        },
         {
             "name": "final_deadline",
             "title": "Final",

@@ -143,3 +143,16 @@ def test_airflow_cfg_says_what_the_environment_says(tmp_path):
     assert parser["api_auth"]["jwt_secret"] == "keep-me"
     assert "# a comment Airflow wrote" in cfg.read_text()
     assert "conn" not in cfg.read_text().lower()
+
+
+def test_a_key_with_control_characters_never_breaks_a_version_listing(s3):
+    """One participant's odd key must not stop the freeze's listing for every team."""
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.infra.storage import list_versions
+
+    from .conftest import MAI2021
+
+    bucket = load_challenge(MAI2021).buckets.submissions
+    key = "depth/final/borealis/tab\there\x01.zip"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    assert [v["Key"] for v in list_versions(s3, bucket)] == [key]

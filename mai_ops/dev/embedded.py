@@ -68,6 +68,7 @@ class LocalS3:
                     f"cannot load the S3 state {self.state_file} ({exc!r}); remove it together "
                     "with the Airflow database and the outbox (`make clean`) to start afresh"
                 ) from exc
+        _encode_keys_in_version_listings()
         self.port = self.port or free_port(self.host)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
@@ -101,6 +102,51 @@ class LocalS3:
 
 # The moto services the stack uses: S3 and the queue its notifications go to.
 _PERSISTED_SERVICES = ("s3", "sqs")
+
+
+def _encode_keys_in_version_listings() -> None:
+    """Make moto's ListObjectVersions honour ``encoding-type=url``, as S3 does.
+
+    boto3 always asks for URL-encoded keys in listings; moto encodes them in
+    ListObjects but not in ListObjectVersions, so one upload whose key holds a control
+    character (which XML cannot carry) made every version listing of the bucket fail:
+    one participant's key would stop the freeze for every team.
+    """
+    from urllib.parse import quote
+
+    from moto.core.responses import ActionResult
+    from moto.s3.responses import S3Response
+
+    listing = S3Response.list_object_versions
+    if getattr(listing, "encodes_keys", False):
+        return
+
+    def list_object_versions(self):
+        if self.querystring.get("encoding-type", [None])[0] != "url":
+            return listing(self)
+        serialized = self.serialized
+
+        def encoded(action: ActionResult):
+            result = dict(action.result)
+            for entries in ("Versions", "DeleteMarkers"):
+                result[entries] = [{**e, "Key": quote(e["Key"])} for e in result[entries]]
+            if result.get("CommonPrefixes"):
+                result["CommonPrefixes"] = [
+                    {"Prefix": quote(p["Prefix"])} for p in result["CommonPrefixes"]
+                ]
+            for name in ("KeyMarker", "NextKeyMarker", "Prefix"):
+                if result.get(name):
+                    result[name] = quote(result[name])
+            return serialized(ActionResult(result | {"EncodingType": "url"}))
+
+        self.serialized = encoded
+        try:
+            return listing(self)
+        finally:
+            del self.serialized
+
+    list_object_versions.encodes_keys = True
+    S3Response.list_object_versions = list_object_versions
 
 
 def _moto_backends() -> dict[str, Any]:
