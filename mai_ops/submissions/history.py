@@ -214,7 +214,8 @@ def _final_entry(
                     s3, results, preliminary_results_notice_key(challenge.id, team_id)
                 )
     elif refused is not None:
-        entry["status"] = "late" if refused["reason"].startswith("late") else "rejected"
+        late = refused.get("code", "late" if refused["reason"].startswith("late") else "") == "late"
+        entry["status"] = "late" if late else "rejected"  # manifests before codes: the reason
         entry["notes"].append(refused["reason"])
         entry["emails"] = list(receipts)
     else:
