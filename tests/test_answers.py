@@ -8,9 +8,7 @@ server does not hold the others back.
 
 from __future__ import annotations
 
-import io
 import logging
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,17 +23,10 @@ from mai_ops.notify.ledger import UndeliveredNotices
 from mai_ops.submissions.validation import pending_uploads
 
 from .conftest import REHEARSAL as MAI2021
+from .conftest import zip_bytes
 
 CH = load_challenge(MAI2021)
 SUBMISSIONS, RESULTS = CH.buckets.submissions, CH.buckets.results
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return archive.getvalue()
 
 
 def put(s3, key: str, body: bytes | None = None) -> None:

@@ -11,11 +11,9 @@ emails, and the validation task's log shows it after each answer.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import time
-import zipfile
 
 import pytest
 
@@ -28,7 +26,7 @@ from mai_ops.submissions.history import team_history
 
 from .conftest import MAI2021 as ORIGINAL
 from .conftest import REHEARSAL as MAI2021
-from .conftest import reference_model
+from .conftest import reference_model, zip_bytes
 
 CH = load_challenge(MAI2021)
 V = "depth/validation/borealis/"
@@ -38,11 +36,7 @@ FIRST, SECOND = "depth/final/borealis/first.zip", "depth/final/borealis/second.z
 
 
 def put_zip(s3, key: str, members: dict[str, bytes]) -> str:
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return put(s3, key, archive.getvalue())
+    return put(s3, key, zip_bytes(members))
 
 
 def put(s3, key: str, body: bytes) -> str:

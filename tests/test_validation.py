@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import html
 import io
-import zipfile
 
 import numpy as np
 import pytest
@@ -27,17 +26,13 @@ from mai_ops.submissions.intake import final_deadline, utc_and_local
 from mai_ops.submissions.validation import pending_uploads
 
 from .conftest import REHEARSAL as MAI2021
-from .conftest import reference_model
+from .conftest import reference_model, zip_bytes
 
 CH = load_challenge(MAI2021)
 
 
 def put_zip(s3, key: str, members: dict[str, bytes]) -> None:
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    s3.put_object(Bucket=CH.buckets.submissions, Key=key, Body=archive.getvalue())
+    s3.put_object(Bucket=CH.buckets.submissions, Key=key, Body=zip_bytes(members))
 
 
 def process_all(s3) -> dict[str, dict]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import time
-import zipfile
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -28,7 +26,7 @@ from mai_ops.infra.layout import FROZEN_MANIFEST, upload_record_key
 from mai_ops.infra.storage import bucket_versioned, get_json, list_versions, object_exists
 from mai_ops.submissions.validation import pending_uploads
 
-from .conftest import REHEARSAL, reference_model
+from .conftest import REHEARSAL, reference_model, zip_bytes
 
 CH = load_challenge(REHEARSAL)
 TEAMS = """team_id,team_name,email,tracks
@@ -36,14 +34,6 @@ aurora,Team Aurora,aurora@teams.example,learned_isp;quantized_sr
 borealis,Borealis Lab,borealis@teams.example,depth
 bo,Team Bo,bo@teams.example,depth
 """
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return archive.getvalue()
 
 
 def sha256(data: bytes) -> str:

@@ -363,15 +363,10 @@ TOPK: dict[str, int] = {"top1": 1, "top3": 3}
 
 
 def _array(value: Any, what: str):
+    """``value`` as a float64 numpy array."""
     import numpy as np
 
-    try:
-        a = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise MetricError(f"{what} is not an array: {exc}") from None
-    if a.dtype.kind not in "biuf":
-        raise MetricError(f"{what} must be numeric, got dtype {a.dtype}")
-    return a.astype(np.float64, copy=False)
+    return _numeric(value, what).astype(np.float64, copy=False)
 
 
 def _finite(a, what: str) -> None:
