@@ -242,7 +242,7 @@ def summarize_scores(path, entries: list[dict], s3=None) -> dict:
     results = run.challenge.buckets.results
     failed, unscored = [], []
     for entry in entries:
-        key = score_key(entry["track"], entry["team"])
+        key = score_key(entry["track"], entry["team"], entry["sha256"])
         record = get_json(run.s3, results, key) if object_exists(run.s3, results, key) else None
         if record is None or record.get("sha256") != entry["sha256"]:
             unscored.append(f"{entry['track']}/{entry['team']}")

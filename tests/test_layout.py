@@ -94,8 +94,8 @@ def test_the_stored_key_strings():
     assert layout.frozen_key("depth", "borealis", "s.zip") == "frozen/depth/borealis/s.zip"
     assert layout.FROZEN_MANIFEST == "frozen/manifest.json"
     assert layout.frozen_key("t", "x", "f").startswith(layout.FROZEN)
-    assert layout.score_key("depth", "borealis") == "scores/depth/borealis.json"
-    assert layout.score_key("t", "x").startswith(layout.SCORES)
+    assert layout.score_key("depth", "borealis", "ab12") == "scores/depth/borealis/ab12/record.json"
+    assert layout.score_key("t", "x", "00").startswith(layout.SCORES)
     assert layout.notice_marker_key("mai2021/reminder/k/borealis") == (
         "notifications/mai2021/reminder/k/borealis.json"
     )

@@ -559,7 +559,7 @@ def test_a_failure_of_ours_is_red_not_skipped(stack):
         assert task["map_index"] == 0 and task["state"] in ("up_for_retry", "failed"), task
         log = task_log(stack, dag_id, run_id, task_id, 1, map_index=0)
         assert "aurora: frozen_copy_changed: a failure on our side" in log, log
-        record = get_json(s3, results, score_key(entry["track"], "aurora"))
+        record = get_json(s3, results, score_key(entry["track"], "aurora", entry["sha256"]))
         assert [e["code"] for e in record["errors"]] == ["frozen_copy_changed"]
     finally:
         # The organizers' fix: the frozen bytes back, and this run stopped (no retries left

@@ -185,11 +185,34 @@ def frozen_key(track: str, team: str, filename: str) -> str:
 
 
 SCORES = "scores/"
+# What each scoring stage of one frozen submission left, by its bytes' sha256: a cleared
+# task finds its stage's result and the next stage's input under the same key.
+STAGE_FILES = ("checks.json", "benchmark.json", "fidelity.json", "record.json")
+RANKING = f"{SCORES}ranking.json"  # the ranked table in force (validated, applied)
 
 
-def score_key(track: str, team: str) -> str:
-    """The score record of one frozen submission."""
-    return f"{SCORES}{track}/{team}.json"
+def submission_prefix(track: str, team: str, sha256: str) -> str:
+    """Everything stored for one frozen submission: its stage results and models."""
+    return f"{SCORES}{track}/{team}/{sha256}/"
+
+
+def stage_key(track: str, team: str, sha256: str, name: str) -> str:
+    """One stage file of a frozen submission (``checks.json``, ``model.tflite``, ...)."""
+    return submission_prefix(track, team, sha256) + name
+
+
+def score_key(track: str, team: str, sha256: str) -> str:
+    """The scored record of one frozen submission: one per (track, team, model sha256)."""
+    return stage_key(track, team, sha256, "record.json")
+
+
+def ranking_run_key(run_id: str) -> str:
+    """The ranked table one scoring run computed (kept whether applied or not)."""
+    return f"{SCORES}runs/{_safe_segment(run_id)}.json"
+
+
+def _safe_segment(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in text)[:200]
 
 
 NOTICE_MARKERS = "notifications/"

@@ -204,7 +204,7 @@ def _final_entry(
                 "replaces it"
             )
         entry["emails"] = list(receipts)
-        key = score_key(frozen["track"], team_id)
+        key = score_key(frozen["track"], team_id, frozen["sha256"])
         if object_exists(s3, results, key):
             record = get_json(s3, results, key)
             if record.get("sha256") == frozen["sha256"]:

@@ -52,7 +52,7 @@ def verify_frozen_submission(
     for a reason of ours (a retried code) is evaluated again. Whatever goes wrong with
     the submission ends in a failed record with a code.
     """
-    key = score_key(entry["track"], entry["team"])
+    key = score_key(entry["track"], entry["team"], entry["sha256"])
     results = challenge.buckets.results
     if not force and object_exists(s3, results, key):
         previous = get_json(s3, results, key)
