@@ -1,22 +1,34 @@
 """
 ### Scoring
 
-Score the frozen final set: per track, one mapped task per frozen submission, named by
-its team, in the track's device pool (one benchmark per device at a time). Each
-verifies the frozen copy's sha256 and benchmarks its model on the device.
+Score the frozen final set. Per track, `list_<track>` checks the hidden test data and
+lists the frozen submissions; then each submission, named by its team, goes through
+four tasks of the group `score_<track>`, each able to fail and be cleared on its own:
 
-Green: scored. Skipped, labelled `<team>: <code>`: the participant's model failed;
-recorded, nothing to do. Red: a failure on our side (device offline, a crash, storage):
-fix it and clear the task. `summarize_scores` lists every failure, and fails the run
-when a scoring task did.
+- `prepare`: sha256 against the manifest, unpack, convert, checks;
+- `benchmark`: the runtime on the track's device (in the device's pool: one benchmark
+  per device at a time);
+- `fidelity`: the frozen model on the hidden test set, and the team's own results
+  against its output (`results_not_reproduced`);
+- `score`: the record, with the track's formula.
 
-Runs when the final set is frozen; trigger by hand with `track` / `team` to re-score a
-track or one team, `rescore` to measure again submissions already scored.
+`rank_results` ranks every track, validates the table with Great Expectations and
+stores it; a failed validation fails the run and nothing is published.
+
+Green: done. Skipped, labelled `<team>: <code>`: the participant's model failed;
+recorded, nothing to do. Red: a failure on our side (device offline, a crash,
+storage): fix it and clear that task; its stored neighbours are kept, so clearing a
+benchmark never recomputes fidelity.
+
+Runs when the final set is frozen. Trigger by hand to re-score: `track` / `team`
+narrow what is measured, `remeasure` measures again, `constants` tries other formula
+constants (stored only with `apply`); the log of `rank_results` shows every team whose
+rank moved.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import Param, get_current_context, task
+from airflow.sdk import Param, get_current_context, task, task_group
 
 from mai_ops.challenge.timeline import DagPhase
 from mai_ops_airflow.dag_header import (
@@ -39,40 +51,90 @@ def params(challenge) -> dict:
             type=["null", "string"],
             enum=[None, "all", *tracks],
             values_display={"None": "(all tracks)", "all": "all tracks"},
-            description="Score one track (all or empty: every track).",
+            description="Measure one track (all or empty: every track). Every track is "
+            "ranked again from the stored records.",
         ),
         "team": Param(
             None,
             type=["null", "string"],
-            description="Score one team, by its team id (empty: every team).",
+            description="Measure one team, by its team id (empty: every team).",
         ),
-        "rescore": Param(
+        "remeasure": Param(
             False,
             type="boolean",
-            description="Measure again even submissions already scored from the same bytes "
-            "(off: a stored result of the same bytes is kept).",
+            description="Run the checks, benchmark and fidelity again even where a result "
+            "of the same bytes is stored (off: stored measurements are kept).",
+        ),
+        "constants": Param(
+            {},
+            type=["null", "object"],
+            description='Other score constants to try, e.g. {"C": 2.0}: applied to the '
+            "chosen track, or to every track that has them (empty: the config's).",
+        ),
+        "apply": Param(
+            False,
+            type="boolean",
+            description="Store the ranking computed with other constants as the results "
+            "(off: it is shown and kept as this run's, the results stay). A run without "
+            "other constants always stores its ranking.",
         ),
     }
 
 
 def build(challenge, path, instants):
-    from mai_ops.devices.pools import pool_name
+    from mai_ops.devices.pools import VALIDATION_POOL, pool_name
 
     @phase_dag(challenge, path, PHASE, __doc__, [frozen_final_set(challenge)], params(challenge))
     def scoring():
-        # none_failed: skipped (participants' failures) are fine; a red task fails the run.
+        def stage_task(stage: str, **options):
+            """One stage of one team's submission; the grid shows the team's name."""
+
+            @task(task_id=stage, map_index_template="{{ team }}", **options)
+            def run(entry):
+                context = get_current_context()
+                context["team"] = entry["team"]
+                from mai_ops import tasks
+
+                force = bool(context["params"].get("remeasure"))
+                record = organizer_errors_fail_fast(tasks.score_stage, path, entry, stage, force)
+                return settle(record, "team")
+
+            return run
+
+        def stages_of(track):
+            """The group of one track: four tasks per frozen submission, by team."""
+            device_pool = pool_name(challenge.device(track.device))
+
+            @task_group(group_id=f"score_{track.id}")
+            def score_submission(entry):
+                prepared = stage_task("prepare", pool=VALIDATION_POOL)(entry)
+                # One pool per device, one slot each: two benchmarks never share a device.
+                benchmark = stage_task(
+                    "benchmark", pool=device_pool, execution_timeout=DEVICE_TASK_TIMEOUT
+                )(entry)
+                fidelity = stage_task("fidelity", pool=VALIDATION_POOL)(entry)
+                # none_failed: a participant's failure upstream (skipped) still gets its
+                # record; a failure of ours (red) waits for the organizer's clear.
+                scored = stage_task("score", trigger_rule="none_failed")(entry)
+                prepared >> [benchmark, fidelity] >> scored
+
+            return score_submission
+
+        # After every track's group: a ranking needs every stored record.
         @task(trigger_rule="none_failed")
-        def summarize_scores(*listed, params=None):
+        def rank_results(params=None, run_id=None):
             from mai_ops import tasks
 
-            entries = [entry for per_track in listed for entry in per_track]
-            if params.get("team") and not entries:
-                from airflow.sdk.exceptions import AirflowFailException
+            return organizer_errors_fail_fast(
+                tasks.rank_results,
+                path,
+                run_id,
+                track=params.get("track"),
+                constants=params.get("constants") or None,
+                apply=bool(params.get("apply")),
+            )
 
-                raise AirflowFailException(f"team {params['team']!r} has no frozen submission")
-            return organizer_errors_fail_fast(tasks.summarize_scores, path, entries)
-
-        listed, scored = [], []
+        ranked = rank_results()
         for track in challenge.tracks:
 
             @task(task_id=f"list_{track.id}")
@@ -86,26 +148,7 @@ def build(challenge, path, instants):
                     tasks.list_frozen, path, track_id, params.get("team")
                 )
 
-            # One pool per device, one slot each: two benchmarks never share a device.
-            @task(
-                task_id=f"score_{track.id}",
-                pool=pool_name(challenge.device(track.device)),
-                execution_timeout=DEVICE_TASK_TIMEOUT,
-                map_index_template="{{ team }}",
-            )
-            def score_submission(entry):
-                context = get_current_context()
-                context["team"] = entry["team"]
-                from mai_ops import tasks
-
-                force = bool(context["params"].get("rescore"))
-                record = organizer_errors_fail_fast(tasks.score_submission, path, entry, force)
-                return settle(record, "team")
-
-            entries = list_frozen_submissions()
-            listed.append(entries)
-            scored.append(score_submission.expand(entry=entries))
-        scored >> summarize_scores(*listed)
+            stages_of(track).expand(entry=list_frozen_submissions()) >> ranked
 
     return scoring()
 

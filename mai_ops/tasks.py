@@ -35,12 +35,7 @@ from mai_ops.notify.messages import (
 )
 from mai_ops.publishing.release import DEFAULT_LINK_TTL_S, download_links, publish_release
 from mai_ops.submissions.final_set import freeze_final_set
-from mai_ops.submissions.scoring import (
-    collect_results,
-    frozen_entries,
-    publish_preliminary,
-    verify_frozen_submission,
-)
+from mai_ops.submissions.scoring import frozen_entries, run_stage, score_frozen
 
 log = logging.getLogger(__name__)
 Sender = Callable[[Notice], None]
@@ -211,7 +206,13 @@ def send_receipts(path, s3=None, send=None) -> dict:
 
 
 def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
-    """The frozen submissions to score, narrowed to one track and/or team for a re-score."""
+    """The frozen submissions to score, narrowed to one track and/or team for a re-score.
+
+    The track's hidden test data is checked when there is something to score: bad
+    staging stops the run at once, naming the object, before a single model runs.
+    """
+    from mai_ops.models.fidelity import load_data_set
+
     run = PhaseRun.open(path, s3)
     if track and track != "all":
         try:
@@ -225,37 +226,49 @@ def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
     ]
     if team and not entries and (not track or track == "all"):
         raise PhaseError(f"team {team!r} has no frozen submission{' in ' + track if track else ''}")
+    if entries and track and track != "all":
+        test = load_data_set(run.s3, run.challenge, run.challenge.track(track), "test")
+        log.info("%s: %d hidden test pairs staged", track, len(test.names))
     return entries
 
 
+def score_stage(path, entry, stage, force=False, s3=None) -> dict:
+    """One scoring stage (prepare, benchmark, fidelity, score) of one frozen submission."""
+    run = PhaseRun.open(path, s3)
+    return run_stage(run.s3, run.challenge, entry, stage, force=force)
+
+
 def score_submission(path, entry, force=False, s3=None) -> dict:
+    """All the stages of one frozen submission in one call (for the CLI, tests, benches)."""
     run = PhaseRun.open(path, s3)
-    return verify_frozen_submission(run.s3, run.challenge, entry, force=force)
+    return score_frozen(run.s3, run.challenge, entry, force=force)
 
 
-def summarize_scores(path, entries: list[dict], s3=None) -> dict:
-    """How the scored entries stand, from their stored records: counts and every failure."""
-    from mai_ops.infra.layout import score_key
-    from mai_ops.infra.storage import get_json, object_exists
+def rank_results(path, run_id, track=None, constants=None, apply=False, s3=None) -> dict:
+    """Rank every track from the stored records, validate, store; log moved ranks.
+
+    The table is kept as this run's whatever happens; it becomes the results (what
+    the preliminary results publish) when it passes validation and either uses the
+    config's constants or ``apply`` was asked for. A failed validation raises, naming
+    the expectations and rows, so nothing unvalidated is ever published.
+    """
+    from mai_ops.results.final import rank_and_store
 
     run = PhaseRun.open(path, s3)
-    results = run.challenge.buckets.results
-    failed, unscored = [], []
-    for entry in entries:
-        key = score_key(entry["track"], entry["team"], entry["sha256"])
-        record = get_json(run.s3, results, key) if object_exists(run.s3, results, key) else None
-        if record is None or record.get("sha256") != entry["sha256"]:
-            unscored.append(f"{entry['track']}/{entry['team']}")
-        elif record["status"] != "ok":
-            failed.append(f"{entry['track']}/{entry['team']}: {record['errors'][0]['code']}")
-    return {"scored": len(entries) - len(unscored), "failed": failed, "unscored": unscored}
+    outcome = rank_and_store(run.s3, run.challenge, run_id, track, constants, apply)
+    log.info("%s", outcome["report"])
+    return {k: v for k, v in outcome.items() if k != "report"}
 
 
 def publish_preliminary_results(path, s3=None, send=None) -> dict:
+    from mai_ops.publishing.preliminary import publish_preliminary
+
     run = PhaseRun.open(path, s3, send)
-    table = publish_preliminary(run.s3, run.challenge, collect_results(run.s3, run.challenge))
+    table = publish_preliminary(run.s3, run.challenge)
     notices = preliminary_results_notices(run.challenge, table, run.teams)
-    return {"results": len(table["results"]), **run.deliver(notices).as_dict()}
+    return {"results": sum(len(t["rows"]) for t in table["tracks"].values())} | run.deliver(
+        notices
+    ).as_dict()
 
 
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[list[str]]:

@@ -7,6 +7,7 @@ the project's DAG folder.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -164,3 +165,21 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
         for name, data in members.items():
             zf.writestr(name, data)
     return archive.getvalue()
+
+
+@functools.cache
+def _synthetic_pairs(challenge_file: Path, track_id: str) -> dict:
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.dev.test_data import synthetic_pairs
+
+    return synthetic_pairs(load_challenge(challenge_file).track(track_id), count=1)
+
+
+def stage_test_data(s3, challenge_file: Path, *track_ids: str) -> None:
+    """One synthetic hidden test pair per track (scoring needs a staged test set)."""
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.dev.test_data import stage_pairs
+
+    challenge = load_challenge(challenge_file)
+    for track_id in track_ids:
+        stage_pairs(s3, challenge, track_id, _synthetic_pairs(challenge_file, track_id))

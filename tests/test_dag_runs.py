@@ -132,7 +132,7 @@ def _task_instances(run) -> dict[tuple[str, str | None], str]:
         }
 
 
-def _summary(run) -> dict:
+def _xcom(run, task_id: str):
     import json
 
     from airflow.models.xcom import XComModel
@@ -144,7 +144,7 @@ def _summary(run) -> dict:
             select(XComModel.value).where(
                 XComModel.dag_id == run.dag_id,
                 XComModel.run_id == run.run_id,
-                XComModel.task_id == "summarize_scores",
+                XComModel.task_id == task_id,
             )
         ).one()
     return json.loads(value) if isinstance(value, str) else value
@@ -171,10 +171,12 @@ def test_scoring_tasks_are_named_by_team_and_a_participants_failure_is_skipped(
     run = bag.dags["mai2021__scoring"].test(run_conf={"track": "learned_isp", "team": None})
     assert _state(run) == "success"
     states = _task_instances(run)
-    assert states[("score_learned_isp", "aurora")] == "success"
-    assert states[("score_learned_isp", "cobalt: not_tflite")] == "skipped"
-    assert states[("summarize_scores", None)] == "success"
-    assert _summary(run)["failed"] == ["learned_isp/cobalt: not_tflite"]
+    for name in ("prepare", "benchmark", "fidelity", "score"):
+        assert states[(f"score_learned_isp.{name}", "aurora")] == "success", name
+    assert states[("score_learned_isp.prepare", "cobalt: not_tflite")] == "skipped"
+    assert states[("score_learned_isp.score", "cobalt: not_tflite")] == "skipped"
+    assert states[("rank_results", None)] == "success"
+    assert _xcom(run, "rank_results")["ranked"]["learned_isp"] == 2
 
 
 def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
@@ -196,18 +198,19 @@ def test_a_failure_on_our_side_is_red_and_fails_the_run_until_fixed(
     upload(s3, "depth", "borealis")
     tasks.freeze_final(MAI2021)
     when = at("final_deadline") + dt.timedelta(hours=1)
-    conf = {"track": "depth", "team": None, "rescore": False}
+    conf = {"track": "depth", "team": None, "remeasure": False, "constants": {}, "apply": False}
     for _ in range(2):  # the second run clears the tasks and runs them again
         run = dag.test(logical_date=when, run_conf=conf)
         assert _state(run) == "failed"
         states = _task_instances(run)
-        assert states[("score_depth", "borealis: benchmark_device_offline")] == "failed"
-        assert states[("summarize_scores", None)] == "upstream_failed"
+        assert states[("score_depth.benchmark", "borealis: benchmark_device_offline")] == "failed"
+        assert states[("score_depth.fidelity", "borealis")] == "success"
+        assert states[("rank_results", None)] == "upstream_failed"
 
     monkeypatch.setattr(benchmark, "run_benchmark", run_benchmark)  # the phone is back
     run = dag.test(logical_date=when, run_conf=conf)  # clearing is the fix
     assert _state(run) == "success"
-    assert _task_instances(run)[("score_depth", "borealis")] == "success"
+    assert _task_instances(run)[("score_depth.benchmark", "borealis")] == "success"
 
 
 def test_validation_tasks_are_named_by_upload(bag, airflow_db, s3, airflow_connections):

@@ -26,7 +26,7 @@ from mai_ops.submissions.history import team_history
 
 from .conftest import MAI2021 as ORIGINAL
 from .conftest import REHEARSAL as MAI2021
-from .conftest import reference_model, zip_bytes
+from .conftest import reference_model, stage_test_data, zip_bytes
 
 CH = load_challenge(MAI2021)
 V = "depth/validation/borealis/"
@@ -97,8 +97,10 @@ def test_a_teams_story_in_time_order_with_codes_and_emails(s3, cli_env, capsys, 
     etags[SECOND] = put_zip(s3, SECOND, {"model.tflite": model})
     tasks.freeze_final(MAI2021, manual=True, early=True)
     tasks.send_receipts(MAI2021)
+    stage_test_data(s3, MAI2021, "depth")
     (entry,) = tasks.list_frozen(MAI2021, "depth", "borealis")
     assert tasks.score_submission(MAI2021, entry)["status"] == "ok"
+    tasks.rank_results(MAI2021, "manual__history")
     tasks.publish_preliminary_results(MAI2021)
 
     # The validation task's log showed the history after answering BROKEN.

@@ -22,7 +22,7 @@ from mai_ops.infra.storage import get_json, list_objects
 from mai_ops.publishing.release import ReleaseError
 
 from .conftest import REHEARSAL as MAI2021
-from .conftest import reference_model
+from .conftest import reference_model, stage_test_data
 
 CH = load_challenge(MAI2021)
 
@@ -47,6 +47,8 @@ def stage(s3, event="train_data_release", files=None):
 
 
 def upload(s3, track, team, body=None, name="submission.zip"):
+    """A final upload of the reference model (or ``body``); the track's test set staged."""
+    stage_test_data(s3, MAI2021, track)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("model.tflite", reference_model(track) if body is None else body)
@@ -172,11 +174,13 @@ def test_preliminary_results_published_and_mailed_once(s3, airflow_connections):
     tasks.freeze_final(MAI2021)
     for entry in tasks.list_frozen(MAI2021):
         tasks.score_submission(MAI2021, entry)
+    tasks.rank_results(MAI2021, "manual__test")
     tasks.publish_preliminary_results(MAI2021)
     tasks.publish_preliminary_results(MAI2021)
     table = get_json(s3, CH.buckets.public, "results/preliminary.json")
-    assert [(r["track"], r["team"], r["status"]) for r in table["results"]] == [
-        ("learned_isp", "aurora", "ok")
+    rows = [r for t in table["tracks"].values() for r in t["rows"]]
+    assert [(r["track"], r["team"], r["status"], r["rank"]) for r in rows] == [
+        ("learned_isp", "aurora", "ok", 1)
     ]
     csv_keys = [o["Key"] for o in list_objects(s3, CH.buckets.public, "results/")]
     assert "results/preliminary.csv" in csv_keys
@@ -255,7 +259,7 @@ def test_scoring_benchmarks_the_runtime_model_on_the_track_device(s3, airflow_co
     (entry,) = tasks.list_frozen(MAI2021)
     record = tasks.score_submission(MAI2021, entry)
     assert record["status"] == "ok", record["errors"]
-    assert record["stages"] == ["integrity", "unpack", "check", "benchmark"]
+    assert record["stages"] == ["integrity", "unpack", "check", "benchmark", "fidelity", "score"]
     assert record["runtime_ms"] == record["runtime"]["median_ms"]
     assert record["device"] == "raspberry_pi4" and record["runtime"]["device"] == "raspberry_pi4"
     assert record["runtime"]["count"] >= CH.device("raspberry_pi4").runs

@@ -26,7 +26,7 @@ from mai_ops.submissions.intake import final_deadline, utc_and_local
 from mai_ops.submissions.validation import pending_uploads
 
 from .conftest import REHEARSAL as MAI2021
-from .conftest import reference_model, zip_bytes
+from .conftest import reference_model, stage_test_data, zip_bytes
 
 CH = load_challenge(MAI2021)
 
@@ -420,6 +420,7 @@ def test_the_freeze_takes_the_last_final_upload_in_time_whatever_its_pre_check(
     scored = tasks.score_submission(MAI2021, entry)  # evaluated fully, from the frozen copy
     assert scored["status"] == "failed" and scored["errors"][0]["code"] == "not_tflite"
     assert scored["stages"] == ["integrity", "unpack"] and scored["precheck"] is False
+    assert scored["score"] is None
 
     # Fixed before the deadline: the fix is what the freeze at the deadline takes.
     fixed = "depth/final/borealis/v3-fixed.zip"
@@ -428,6 +429,7 @@ def test_the_freeze_takes_the_last_final_upload_in_time_whatever_its_pre_check(
     tasks.freeze_final(MAI2021, refreeze=True)
     (entry,) = tasks.list_frozen(MAI2021)
     assert entry["source"] == fixed
+    stage_test_data(s3, MAI2021, "depth")
     scored = tasks.score_submission(MAI2021, entry)
     assert scored["status"] == "ok" and "benchmark" in scored["stages"]
 

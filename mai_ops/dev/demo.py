@@ -33,6 +33,7 @@ from mai_ops.dev.embedded import (
     read_outbox,
 )
 from mai_ops.dev.reference_models import build_reference_tflite
+from mai_ops.dev.test_data import stage_synthetic_test_data
 from mai_ops.devices.pools import import_pools
 from mai_ops.infra.layout import FINAL_PHASE, FROZEN, PRELIMINARY_JSON, data_prefix, upload_key
 
@@ -100,6 +101,8 @@ def stage_demo_data(s3, challenge: Challenge, challenge_file: Path) -> None:
                 Key=upload_key(track_id, FINAL_PHASE, team.team_id, "submission.zip"),
                 Body=archive.getvalue(),
             )
+    # The hidden test set of every track with a final upload: scoring runs the models on it.
+    stage_synthetic_test_data(s3, challenge, sorted(models))
 
 
 def schedule_of(challenge: Challenge) -> list[tuple[dt.datetime | None, str]]:
@@ -286,12 +289,18 @@ def _report(
     from mai_ops.infra.storage import get_json
 
     published = PRELIMINARY_JSON in public
-    table = get_json(s3, challenge.buckets.public, PRELIMINARY_JSON)["results"] if published else []
+    table = get_json(s3, challenge.buckets.public, PRELIMINARY_JSON) if published else None
     print("preliminary results (runtime = median on the track's device):")
-    for r in table:
-        runtime = (r.get("runtime") or {}).get("median_ms")
-        shown = f"{runtime:.2f} ms" if runtime is not None else r["errors"][0]["code"]
-        print(f"  {r['track']:<16} {r['team']:<10} {r['device']:<14} {r['status']:<9} {shown}")
+    for track_id, ranked in (table or {"tracks": {}})["tracks"].items():
+        print(f"  {track_id} ({', '.join(ranked['metrics'])}; score {ranked['formula']})")
+        for r in ranked["rows"]:
+            place = f"{r['rank']:>3}" if r["rank"] is not None else "  -"
+            if r["rank"] is None:
+                shown = r["error"] or r["status"]
+            else:
+                fidelity = ", ".join(f"{m} {r[m]:.4g}" for m in ranked["metrics"])
+                shown = f"{fidelity}; {r['runtime_ms']:.2f} ms on {r['device']}; {r['score']:.4g}"
+            print(f"   {place} {r['team']:<10} {shown}")
     ok = not failed and duplicates == 0 and mails and PRELIMINARY_JSON in public
     print("demo " + ("finished: every phase ran" if ok else "FAILED"))
     return 0 if ok else 1

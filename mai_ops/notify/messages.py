@@ -21,6 +21,7 @@ import re
 from mai_ops.challenge.config import Challenge, Event
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import Reminder, event_instant
+from mai_ops.errors import CODES
 from mai_ops.infra.layout import final_upload_team, version_digest
 from mai_ops.notify.ledger import Notice
 from mai_ops.submissions.evaluation import retryable, runtime_ms
@@ -345,19 +346,37 @@ def preliminary_results_notice_key(challenge_id: str, team_id: str) -> str:
 def preliminary_results_notices(
     challenge: Challenge, table: dict, teams: list[Team]
 ) -> list[Notice]:
-    """Each team with a result hears its status per track."""
+    """Each team with a result hears, per track, its rank of N, metrics, runtime, score."""
     notices = []
     for t in teams:
-        mine = [r for r in table["results"] if r["team"] == t.team_id]
-        if not mine:
+        lines = [
+            _result_line(track_id, ranked, row)
+            for track_id, ranked in table["tracks"].items()
+            for row in ranked["rows"]
+            if row["team"] == t.team_id
+        ]
+        if not lines:
             continue
-        lines = "\n".join(f"- {r['track']}: {r['status']}" for r in mine)
         notices.append(
             Notice(
                 key=preliminary_results_notice_key(challenge.id, t.team_id),
                 to=t.email,
                 subject=f"[{challenge.title}] Preliminary test results",
-                body=f"Dear {t.name},\n\nYour preliminary results:\n\n{lines}\n",
+                body=f"Dear {t.name},\n\nYour preliminary results:\n\n" + "\n".join(lines) + "\n",
             )
         )
     return notices
+
+
+def _result_line(track_id: str, ranked: dict, row: dict) -> str:
+    flags = f" (flagged: {', '.join(row['flags'])})" if row.get("flags") else ""
+    if row["rank"] is None:
+        why = f"{row['error']}: {CODES[row['error']].meaning}" if row.get("error") in CODES else ""
+        return f"- {track_id}: not ranked ({row['status']}{'; ' + why if why else ''}){flags}"
+    ranked_count = sum(1 for r in ranked["rows"] if r["rank"] is not None)
+    metrics = ", ".join(f"{m} {row[m]:.4g}" for m in ranked["metrics"] if row.get(m) is not None)
+    runtime = f"{row['runtime_ms']:.4g} ms on {row['device']}" if row.get("runtime_ms") else ""
+    return (
+        f"- {track_id}: rank {row['rank']} of {ranked_count}; score {row['score']:.6g}; "
+        f"{metrics}; runtime {runtime}{flags}"
+    )

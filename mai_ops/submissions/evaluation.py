@@ -16,6 +16,8 @@ short function each:
 
 ``checks_only`` stops after stage 2: the pre-check a final-phase upload gets when it
 arrives (no benchmark, no fidelity, no score; those come with scoring after the freeze).
+Final scoring runs the stages as separate tasks (``stages=``), each handed what the
+stage before it stored (the checked models, the team's own results).
 
 A stage that fails raises a :class:`~mai_ops.errors.StageError` with a registered
 code; the record gets it as ``{code, stage, message}`` and the status ``failed``
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,14 @@ class Evaluation:
     metrics: dict[str, float] | None = None
     score: float | None = None
     notes: list[str] = field(default_factory=list)
+    # e.g. ``results_not_reproduced``: shown wherever the result is.
+    flags: list[str] = field(default_factory=list)
+    # PSNR (dB) of the model's output against the team's own result, per test input.
+    reproduction: dict[str, Any] | None = None
+    # A flagged submission the track's config keeps out of the ranking.
+    excluded: bool = False
+    # Wall seconds of each stage that ran (run metadata: where the time goes).
+    seconds: dict[str, float] = field(default_factory=dict)
     # A final-phase upload answered on arrival: intake rules and the checks only. Its
     # ``status`` then reads as the pre-check's (``precheck_status`` in the record).
     precheck: bool = False
@@ -123,9 +134,10 @@ class _Run:
     archive: Path
     workdir: Path
     expected_sha256: str | None
-    fidelity_data: Callable[[], tuple[list, list]] | None
+    fidelity_data: Callable[[], Any] | None
     model: Path | None = None
     fidelity_model: Path | None = None
+    results_dir: Path | None = None  # the team's own results on the test inputs
 
 
 def evaluate(
@@ -136,26 +148,37 @@ def evaluate(
     workdir: Path,
     *,
     expected_sha256: str | None = None,
-    fidelity_data: Callable[[], tuple[list, list]] | None = None,
+    fidelity_data: Callable[[], Any] | None = None,
     checks_only: bool = False,
+    stages: tuple[str, ...] | None = None,
+    artifacts: dict[str, Path | None] | None = None,
 ) -> Evaluation:
     """Run the stages on ``archive`` (in scratch ``workdir``), filling ``record``.
 
-    ``fidelity_data`` returns (inputs, ground truths) when called; it is called only
-    once the model is benchmarked, so broken organizer data stops good submissions
-    alone. ``checks_only`` stops after the check stage (a pre-check: no benchmark,
-    fidelity or score; the record is marked ``precheck``). Returns ``record``.
+    ``fidelity_data`` returns the data set (:class:`~mai_ops.models.fidelity.DataSet`)
+    when called; it is called only once the model is benchmarked, so broken organizer
+    data stops good submissions alone. ``checks_only`` stops after the check stage (a
+    pre-check: no benchmark, fidelity or score; the record is marked ``precheck``).
+    ``stages`` runs only those of :data:`STAGES` (a final-phase task runs one or two);
+    ``artifacts`` hands in what an earlier stage left (``model``, ``fidelity_model``,
+    ``results_dir``: local paths) and gets what this run left. Returns ``record``.
     """
     record.track = track.id
     record.device = None if checks_only else track.device
     record.precheck = record.precheck or checks_only
-    stages = [_integrity, _unpack_convert_check]
-    if not checks_only:
-        stages += [_benchmark, _fidelity, _score]
+    if stages is None:
+        stages = PREPARE if checks_only else STAGES
     run = _Run(record, challenge, track, archive, workdir, expected_sha256, fidelity_data)
+    for name in ARTIFACTS:
+        if (artifacts or {}).get(name):
+            setattr(run, name, Path(artifacts[name]))
     try:
         for stage in stages:
-            stage(run)
+            started = time.monotonic()
+            try:
+                _STAGE_FUNCTIONS[stage](run)
+            finally:
+                record.seconds[stage] = round(time.monotonic() - started, 3)
     except StageError as exc:
         record.fail(exc)
     except _Failed as exc:
@@ -168,6 +191,8 @@ def evaluate(
     except Exception as exc:  # one submission's failure must not stop the others
         log.exception("evaluating %s failed", record.key or archive)
         record.fail(StageError("internal_error", f"{type(exc).__name__}: {exc}"))
+    if artifacts is not None:
+        artifacts.update({name: getattr(run, name) for name in ARTIFACTS})
     return record
 
 
@@ -196,7 +221,21 @@ def _unpack_convert_check(run: _Run) -> None:
     if failed:
         raise _Failed([StageError(e["code"], e["message"]) for e in report.errors])
     run.model = Path(report.model_path)
-    run.fidelity_model = Path(report.fidelity_model_path or report.model_path)
+    run.fidelity_model = _fidelity_model(run.track, report)
+    run.results_dir = Path(report.results_dir) if report.results_dir else None
+
+
+def _fidelity_model(track: Track, report: Any) -> Path:
+    """The file the track runs on the data: ``model_none.tflite`` or ``model.tflite``."""
+    wanted = track.fidelity.model
+    if wanted == "model":
+        return Path(report.model_path)
+    if wanted == "model_none" and not report.fidelity_model_path:
+        raise StageError(
+            "missing_model",
+            f"the {track.id} track runs model_none.tflite on the test images; the archive has none",
+        )
+    return Path(report.fidelity_model_path or report.model_path)
 
 
 def _benchmark(run: _Run) -> None:
@@ -208,24 +247,65 @@ def _benchmark(run: _Run) -> None:
 
 
 def _fidelity(run: _Run) -> None:
-    from mai_ops.models.fidelity import evaluate_model
+    from mai_ops.models.fidelity import evaluate_model, read_results_dir
 
     if run.fidelity_data is None:
         return
-    inputs, truths = run.fidelity_data()
-    if not inputs:
+    data = run.fidelity_data()
+    if not data.names:
         run.record.notes.append("no validation ground truth staged: runtime only")
         return
-    result = evaluate_model(run.fidelity_model, run.track, inputs, truths)
+    reference = read_results_dir(run.results_dir) if run.results_dir else None
+    settings = run.track.fidelity
+    result = evaluate_model(
+        run.fidelity_model,
+        run.track,
+        dict(zip(data.names, data.inputs, strict=True)),
+        dict(zip(data.names, data.truths, strict=True)),
+        fit=settings.fit,
+        reference=reference or None,
+    )
     run.record.metrics = result.metrics
+    if reference:
+        run.record.reproduction = result.as_json()["reproduction"]
     run.record.stages.append("fidelity")
 
 
 def _score(run: _Run) -> None:
     from mai_ops.models.fidelity import score_or_fail
 
+    _flag_unreproduced(run)
     if run.record.metrics is None:
         return
     # A formula that overflows on these values fails this record (score_not_computable).
     run.record.score = score_or_fail(run.track, run.record.metrics, run.record.runtime_ms)
     run.record.stages.append("score")
+
+
+def _flag_unreproduced(run: _Run) -> None:
+    """Flag results the frozen model does not reproduce (below the track's PSNR)."""
+    record, settings = run.record, run.track.fidelity
+    if not record.reproduction:
+        return
+    worst = min(float(v) for v in record.reproduction.values())
+    if worst < settings.reproduce_min_psnr:
+        flag(record, "results_not_reproduced", exclude=settings.unreproduced == "exclude")
+
+
+def flag(record: Evaluation, name: str, exclude: bool = False) -> None:
+    """Add ``name`` to the record's flags once; ``exclude`` keeps it out of the ranking."""
+    if name not in record.flags:
+        record.flags.append(name)
+    record.excluded = record.excluded or exclude
+
+
+ARTIFACTS = ("model", "fidelity_model", "results_dir")
+PREPARE = ("integrity", "prepare")
+STAGES = (*PREPARE, "benchmark", "fidelity", "score")
+_STAGE_FUNCTIONS: dict[str, Callable[[_Run], None]] = {
+    "integrity": _integrity,
+    "prepare": _unpack_convert_check,
+    "benchmark": _benchmark,
+    "fidelity": _fidelity,
+    "score": _score,
+}

@@ -338,6 +338,7 @@ class SubmissionReport:
     # fidelity steps that follow. They live as long as the caller's workdir.
     model_path: str | None = None
     fidelity_model_path: str | None = None
+    results_dir: str | None = None  # the archive's top-level results/ folder, if any
 
     @property
     def ok(self) -> bool:
@@ -413,6 +414,8 @@ def check_submission(
     j = sub.as_json()
     report.files, report.factsheet, report.readme = j["files"], j["factsheet"], j["readme"]
     report.results = j["results"]
+    if (sub.root / "results").is_dir():
+        report.results_dir = str(sub.root / "results")
     if sub.factsheet is None:
         report.warnings.append(
             "no fact sheet (.pdf) in the archive; it is required with the final submission"

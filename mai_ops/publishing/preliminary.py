@@ -1,0 +1,88 @@
+"""Preliminary results: the validated ranked table, published to the public bucket.
+
+Only the table stored as the results (:data:`~mai_ops.infra.layout.RANKING`), and only
+when it passed validation, is ever published: a table that failed its expectations, or
+a final set not scored yet, stops publication with the reason. The public copy holds
+what a leaderboard shows (ranks, team ids, metrics, runtime and device, score, flags,
+error codes); nothing private about a team.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from mai_ops.challenge.config import Challenge
+from mai_ops.errors import NeedsOrganizer
+from mai_ops.infra.layout import PRELIMINARY_CSV, PRELIMINARY_JSON, RANKING
+from mai_ops.infra.storage import get_json, object_exists, put_json
+
+PUBLIC_FIELDS = (
+    "track",
+    "rank",
+    "team",
+    "status",
+    "score",
+    "runtime_ms",
+    "device",
+    "backend",
+    "flags",
+    "error",
+    "sha256",
+    "uploaded_at",
+)
+
+
+class NothingToPublish(NeedsOrganizer):
+    """No validated results are stored: score the final set (or fix what failed) first."""
+
+
+def validated_results(s3: Any, challenge: Challenge) -> dict:
+    """The stored results, refused unless they passed validation."""
+    bucket = challenge.buckets.results
+    if not object_exists(s3, bucket, RANKING):
+        raise NothingToPublish(
+            f"no ranked results at s3://{bucket}/{RANKING}: run the scoring first"
+        )
+    table = get_json(s3, bucket, RANKING)
+    if not table.get("validated"):
+        summary = (table.get("validation") or {}).get("summary", "")
+        raise NothingToPublish(f"the stored results did not pass validation:\n{summary}")
+    return table
+
+
+def public_table(table: dict) -> dict:
+    """The rows a leaderboard shows, per track, with each track's metrics and formula."""
+    tracks = {}
+    for track_id, ranked in table["tracks"].items():
+        fields = [*PUBLIC_FIELDS, *ranked["metrics"]]
+        tracks[track_id] = {
+            "formula": ranked["formula"],
+            "constants": ranked["constants"],
+            "metrics": ranked["metrics"],
+            "device": ranked["device"],
+            "rows": [{f: row.get(f) for f in fields} for row in ranked["rows"]],
+        }
+    return {"challenge": table["challenge"], "phase": "final", "tracks": tracks}
+
+
+def publish_preliminary(s3: Any, challenge: Challenge) -> dict:
+    """Write the validated results (JSON and CSV) to the public bucket; return them."""
+    table = public_table(validated_results(s3, challenge))
+    put_json(s3, challenge.buckets.public, PRELIMINARY_JSON, table)
+    metrics = sorted({m for t in table["tracks"].values() for m in t["metrics"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*PUBLIC_FIELDS, *metrics])
+    for ranked in table["tracks"].values():
+        for row in ranked["rows"]:
+            values = [row.get(f) for f in (*PUBLIC_FIELDS, *metrics)]
+            writer.writerow(["; ".join(v) if isinstance(v, list) else v for v in values])
+    s3.put_object(
+        Bucket=challenge.buckets.public,
+        Key=PRELIMINARY_CSV,
+        Body=out.getvalue().encode(),
+        ContentType="text/csv",
+    )
+    return table
