@@ -22,9 +22,9 @@ def groups(command: str | None = None) -> tuple:
 
     if command in LIGHT_COMMANDS:
         return (metrics,)
-    from mai_ops.cli import challenge, dev, devices, models, submissions
+    from mai_ops.cli import challenge, dev, devices, models, results, submissions
 
-    return (challenge, dev, devices, models, metrics, submissions)
+    return (challenge, dev, devices, models, metrics, results, submissions)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -434,14 +434,17 @@ def score_with_reason(
     metrics: Mapping[str, float],
     runtime_ms: float | None,
     measurements: Mapping[str, float] | None = None,
+    *,
+    constants: Mapping[str, float] | None = None,
 ) -> tuple[float | None, str]:
     """(score, "") or (None, why): the track's formula over metrics and measurements.
 
     Variables: the metrics given, ``runtime`` (ms) and ``runtime_s`` from
     ``runtime_ms``, any other measurement (``power``, ``energy``, ``model_size_mb``)
-    from ``measurements``, and the track's constants.
+    from ``measurements``, and the track's constants, or ``constants`` in their place
+    (an organizer re-scoring with other constants passes the whole set).
     """
-    score, reason, _ = _score(track, metrics, runtime_ms, measurements)
+    score, reason, _ = _score(track, metrics, runtime_ms, measurements, constants)
     return score, reason
 
 
@@ -450,14 +453,17 @@ def score_or_fail(
     metrics: Mapping[str, float],
     runtime_ms: float | None,
     measurements: Mapping[str, float] | None = None,
+    *,
+    constants: Mapping[str, float] | None = None,
 ) -> float | None:
     """The track's score; None (logged) when a variable was not measured.
 
     A formula that cannot be computed on these values (an exponent or a result too
     large, a division by zero) raises ``StageError("score_not_computable")``: that
-    submission's record fails with the reason, the others are scored.
+    submission's record fails with the reason, the others are scored. ``constants``
+    replace the track's, as in :func:`score_with_reason`.
     """
-    score, reason, computable = _score(track, metrics, runtime_ms, measurements)
+    score, reason, computable = _score(track, metrics, runtime_ms, measurements, constants)
     if not computable:
         raise StageError("score_not_computable", reason)
     if score is None:
@@ -470,10 +476,11 @@ def _score(
     metrics: Mapping[str, float],
     runtime_ms: float | None,
     measurements: Mapping[str, float] | None,
+    constants: Mapping[str, float] | None = None,
 ) -> tuple[float | None, str, bool]:
     """(score, why not, False when the formula failed on the values themselves)."""
     formula = track.score.formula
-    constants = dict(track.score.constants)
+    constants = dict(track.score.constants if constants is None else constants)
     values: dict[str, float] = {}
     for name, value in metrics.items():
         if value is not None:
