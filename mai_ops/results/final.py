@@ -25,53 +25,27 @@ class ResultsIncomplete(NeedsOrganizer):
     """Some frozen submission has no stored record yet."""
 
 
-def per_track_constants(
-    challenge: Challenge, track: str | None, constants: dict[str, Any] | None
-) -> dict[str, dict[str, float]]:
-    """Which tracks the ``constants`` override applies to, each with its own names.
-
-    One track chosen: all the names must be its constants. Every track: each track gets
-    the names it has, and at least one track must have each name.
-    """
-    if not constants:
-        return {}
-    chosen = [t for t in challenge.tracks if not track or track == "all" or t.id == track]
-    values = {}
-    for name, value in constants.items():
-        try:
-            values[name] = float(value)
-        except (TypeError, ValueError):
-            raise NeedsOrganizer(f"constant {name}={value!r} is not a number") from None
-    out = {}
-    for t in chosen:
-        mine = {k: v for k, v in values.items() if k in t.score.constants}
-        if mine:
-            out[t.id] = mine
-    known = {k for t in chosen for k in t.score.constants}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = track if track and track != "all" else "any track"
-        raise NeedsOrganizer(
-            f"unknown score constant(s) {', '.join(unknown)} for {where} "
-            f"(known: {', '.join(sorted(known)) or 'none'})"
-        )
-    return out
-
-
 def rank_all(
     s3: Any, challenge: Challenge, track: str | None = None, constants: dict | None = None
 ) -> tuple[dict, list[str]]:
-    """(ranked table of every track, frozen submissions without a record)."""
-    from mai_ops.results.ranking import rank_challenge
-    from mai_ops.results.store import load_final_records
+    """(ranked table of every track, frozen submissions without a record).
 
-    records, unscored = load_final_records(s3, challenge)
-    overrides = per_track_constants(challenge, track, constants)
-    table = rank_challenge(challenge, records)
-    for track_id, values in overrides.items():
-        table["tracks"][track_id] = rank_challenge(challenge, records, track_id, values)["tracks"][
-            track_id
-        ]
+    ``constants`` apply to ``track`` (or, for every track, to each track that has
+    them); the other tracks are ranked with the config's constants.
+    """
+    from mai_ops.results.ranking import rank_challenge
+    from mai_ops.results.records import NOT_SCORED, load_final_records
+
+    records = load_final_records(s3, challenge)
+    unscored = [f"{r['track']}/{r['team']}" for r in records if r["status"] == NOT_SCORED]
+    scored = [r for r in records if r["status"] != NOT_SCORED]
+    table = rank_challenge(challenge, scored)
+    if constants:
+        chosen = track if track and track != "all" else None
+        tried = rank_challenge(challenge, scored, chosen, constants)
+        for track_id, ranked in tried["tracks"].items():
+            if ranked["constants"] != table["tracks"][track_id]["constants"]:
+                table["tracks"][track_id] = ranked
     return table, unscored
 
 
@@ -89,7 +63,7 @@ def rank_and_store(
     :class:`ResultsNotValid` when validation fails (both after keeping the run's table).
     """
     from mai_ops.results.expectations import validate_table
-    from mai_ops.results.ranking import format_moved, moved_ranks
+    from mai_ops.results.ranking import moved_ranks, render_moved
 
     bucket = challenge.buckets.results
     table, unscored = rank_all(s3, challenge, track, constants)
@@ -102,7 +76,7 @@ def rank_and_store(
     put_json(s3, bucket, ranking_run_key(run_id), table)
     lines = [report.summary()]
     if previous:
-        lines.append("ranks moved against the stored results:\n" + format_moved(moved))
+        lines.append("ranks moved against the stored results:\n" + render_moved(moved))
     if unscored:
         raise ResultsIncomplete(
             "not scored yet, nothing stored as the results: " + ", ".join(unscored)
@@ -111,7 +85,7 @@ def rank_and_store(
         raise ResultsNotValid(
             "the ranked table failed validation, nothing is published:\n" + report.summary()
         )
-    applied = not per_track_constants(challenge, track, constants) or apply
+    applied = not constants or apply
     if applied:
         put_json(s3, bucket, RANKING, table)
     else:

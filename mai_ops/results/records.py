@@ -11,15 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mai_ops.errors import NeedsOrganizer
-from mai_ops.infra.layout import FINAL_PHASE, FROZEN_MANIFEST, score_key
-from mai_ops.infra.storage import get_json, is_missing
+from mai_ops.infra.layout import FINAL_PHASE, score_key
+from mai_ops.submissions.scoring import frozen_entries, scored_record
 
 NOT_SCORED = "not_scored"
-
-
-class NoFrozenSet(NeedsOrganizer):
-    """Results were asked for before the final set was frozen."""
 
 
 def load_final_records(s3: Any, challenge: Any) -> list[dict]:
@@ -29,26 +24,13 @@ def load_final_records(s3: Any, challenge: Any) -> list[dict]:
     taken from the manifest entry where the record lacks them. A submission without a
     record is ``{"track", "team", "sha256", "uploaded_at", "phase": "final", "status":
     "not_scored", "key"}`` (``key``: where its record will be). Raises
-    :class:`NoFrozenSet` when there is no manifest.
+    :class:`~mai_ops.submissions.scoring.NoFrozenSet` when there is no manifest.
     """
-    bucket = challenge.buckets.results
-    try:
-        manifest = get_json(s3, bucket, FROZEN_MANIFEST)
-    except s3.exceptions.ClientError as exc:
-        if not is_missing(exc):
-            raise
-        raise NoFrozenSet(
-            f"no frozen final set for {challenge.id}: s3://{bucket}/{FROZEN_MANIFEST} does not "
-            "exist; run the final collection first"
-        ) from None
     records = []
-    for entry in manifest.get("frozen", []):
-        key = score_key(entry["track"], entry["team"], entry["sha256"])
-        try:
-            record = get_json(s3, bucket, key)
-        except s3.exceptions.ClientError as exc:
-            if not is_missing(exc):
-                raise
+    for entry in frozen_entries(s3, challenge):
+        record = scored_record(s3, challenge, entry)
+        if record is None:
+            key = score_key(entry["track"], entry["team"], entry["sha256"])
             record = {"phase": FINAL_PHASE, "status": NOT_SCORED, "key": key}
         for field in ("track", "team", "sha256", "uploaded_at"):
             if record.get(field) is None:
