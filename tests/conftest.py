@@ -168,7 +168,8 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 
 @functools.cache
-def _synthetic_pairs(challenge_file: Path, track_id: str) -> dict:
+def synthetic_test_pairs(challenge_file: Path, track_id: str) -> dict:
+    """One synthetic hidden test pair of a track, generated once per session."""
     from mai_ops.challenge.config import load_challenge
     from mai_ops.dev.test_data import synthetic_pairs
 
@@ -180,6 +181,6 @@ def stage_test_data(s3, challenge_file: Path, *track_ids: str) -> None:
     from mai_ops.challenge.config import load_challenge
     from mai_ops.dev.test_data import stage_pairs
 
-    challenge = load_challenge(challenge_file)
+    bucket = load_challenge(challenge_file).buckets.organizers
     for track_id in track_ids:
-        stage_pairs(s3, challenge, track_id, _synthetic_pairs(challenge_file, track_id))
+        stage_pairs(s3, bucket, track_id, synthetic_test_pairs(challenge_file, track_id))

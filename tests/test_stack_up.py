@@ -34,7 +34,7 @@ import yaml
 from mai_ops.dev.embedded import free_port, s3_client, sqs_client
 from mai_ops.dev.stack import spawn
 
-from .conftest import rest_api
+from .conftest import MAI2021, rest_api, synthetic_test_pairs
 
 PROJECT = Path(__file__).resolve().parent.parent
 PHASES = (
@@ -324,15 +324,27 @@ def task_instances(stack, dag_id: str, run_id: str = "~", **query) -> list[dict]
     return api(stack, "GET", path)["task_instances"]
 
 
-def wait_for_named_task(stack, dag_id: str, name: str, run_id: str = "~") -> list[dict]:
-    """The finished mapped tasks whose grid name (rendered_map_index) starts with ``name``."""
+def stage_hidden_test_data(s3) -> None:
+    """What organizers stage before scoring: a hidden test pair per track with finals."""
+    from mai_ops.dev.test_data import stage_pairs
+
+    for track in ("learned_isp", "depth"):
+        pairs = synthetic_test_pairs(MAI2021, track)
+        stage_pairs(s3, REHEARSAL_BUCKETS["organizers"], track, pairs)
+
+
+def wait_for_named_task(
+    stack, dag_id: str, name: str, run_id: str = "~", count: int = 1
+) -> list[dict]:
+    """The finished mapped tasks whose grid name (rendered_map_index) starts with ``name``
+    (at least ``count`` of them)."""
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:
         try:
             found = task_instances(stack, dag_id, run_id, rendered_map_index_prefix_pattern=name)
         except OSError:  # busy: ask again
             found = []
-        if found and all(t["state"] in TASK_DONE for t in found):
+        if len(found) >= count and all(t["state"] in TASK_DONE for t in found):
             return found
         time.sleep(1)
     stack.fail(f"no finished task of {dag_id} named {name}... after {RUN_TIMEOUT:.0f} s")
@@ -416,6 +428,7 @@ def test_an_early_freeze_is_provisional_and_scoring_skips_broken_models(stack):
     s3 = s3_client(stack.s3_endpoint)
     for key in BROKEN_FINALS:
         s3.put_object(Bucket=REHEARSAL_BUCKETS["submissions"], Key=key, Body=broken_archive())
+    stage_hidden_test_data(s3)
     dag_id = f"{REHEARSAL}__final_collection"
     conf = {**form_defaults(stack, dag_id), "early_freeze": True}
     run = wait_for_run(stack, dag_id, trigger_like_the_form(stack, dag_id, conf)["dag_run_id"])
@@ -434,9 +447,10 @@ def test_an_early_freeze_is_provisional_and_scoring_skips_broken_models(stack):
     # The frozen set is an asset: scoring runs by itself, one task per submission.
     scoring = f"{REHEARSAL}__scoring"
     for track, team in BROKEN_FINALS.values():
-        found = wait_for_named_task(stack, scoring, f"{team}:")
-        assert [(t["task_id"], t["rendered_map_index"], t["state"]) for t in found] == [
-            (f"score_{track}", f"{team}: not_tflite", "skipped")
+        found = wait_for_named_task(stack, scoring, f"{team}:", count=2)
+        assert sorted((t["task_id"], t["rendered_map_index"], t["state"]) for t in found) == [
+            (f"score_{track}.{stage}", f"{team}: not_tflite", "skipped")
+            for stage in ("prepare", "score")
         ]
     run_id = found[0]["dag_run_id"]
     assert run_id.startswith("asset_triggered__"), run_id
@@ -506,6 +520,7 @@ def test_every_rehearsal_dag_takes_its_form_defaults(stack):
         s3.put_object(
             Bucket=REHEARSAL_BUCKETS["organizers"], Key=f"{data_prefix(event)}readme.txt", Body=b"x"
         )
+    stage_hidden_test_data(s3)
     runs = {}
     for phase in PHASES:
         dag_id = f"{REHEARSAL}__{phase}"
@@ -535,15 +550,16 @@ def test_a_failure_of_ours_is_red_not_skipped(stack):
     )
     original = s3.get_object(Bucket=results, Key=entry["frozen"])["Body"].read()
     s3.put_object(Bucket=results, Key=entry["frozen"], Body=broken_archive(b"changed"))
+    stage_hidden_test_data(s3)
     dag_id = f"{REHEARSAL}__scoring"
     conf = {
         **form_defaults(stack, dag_id),
         "track": entry["track"],
         "team": "aurora",
-        "rescore": True,
+        "remeasure": True,
     }
     run_id = trigger_like_the_form(stack, dag_id, conf)["dag_run_id"]
-    task_id = f"score_{entry['track']}"
+    task_id = f"score_{entry['track']}.prepare"
     try:
         deadline = time.monotonic() + RUN_TIMEOUT
         while True:

@@ -40,8 +40,8 @@ def synthetic_pairs(track: Track, count: int = 2, seed: int = 0) -> dict[str, tu
     return pairs
 
 
-def stage_pairs(s3: Any, challenge: Challenge, track_id: str, pairs: dict, kind="test") -> None:
-    """Write ``pairs`` as ``.npy`` files where organizers stage ``kind`` data."""
+def stage_pairs(s3: Any, bucket: str, track_id: str, pairs: dict, kind: str = "test") -> None:
+    """Write ``pairs`` as ``.npy`` files where organizers stage ``kind`` data in ``bucket``."""
     import numpy as np
 
     input_prefix, gt_prefix = data_set_keys(kind, track_id)
@@ -49,9 +49,7 @@ def stage_pairs(s3: Any, challenge: Challenge, track_id: str, pairs: dict, kind=
         for prefix, array in ((input_prefix, x), (gt_prefix, y)):
             buf = io.BytesIO()
             np.save(buf, np.asarray(array), allow_pickle=False)
-            s3.put_object(
-                Bucket=challenge.buckets.organizers, Key=f"{prefix}{name}.npy", Body=buf.getvalue()
-            )
+            s3.put_object(Bucket=bucket, Key=f"{prefix}{name}.npy", Body=buf.getvalue())
 
 
 def stage_synthetic_test_data(
@@ -60,4 +58,5 @@ def stage_synthetic_test_data(
     """Synthetic hidden test pairs for the given tracks of ``challenge``."""
     for n, track_id in enumerate(track_ids):
         track = challenge.track(track_id)
-        stage_pairs(s3, challenge, track.id, synthetic_pairs(track, count, seed=n))
+        pairs = synthetic_pairs(track, count, seed=n)
+        stage_pairs(s3, challenge.buckets.organizers, track.id, pairs)
