@@ -162,6 +162,9 @@ _ALL = [
         fidelity_timeout="the evaluation on the data did not finish within the time limit",
         fidelity_memory_exceeded="the model needs more memory than the evaluation allows",
         fidelity_crashed="the evaluating process died while running the model",
+        fidelity_bad_results="a file in the archive's results/ folder cannot be compared: a "
+        ".png or .npy that does not read, two files with one name, or more or larger files "
+        "than allowed",
     ),
     *_codes(
         "fidelity",

@@ -540,7 +540,7 @@ def test_folder_of_pairs(models, challenge, tmp_path):
     assert result.metrics["psnr"] == pytest.approx(20.0, abs=1e-4)
 
     np.save(tmp_path / "input" / "c.npy", crops(1)[0])
-    with pytest.raises(ValidationDataError, match="inputs without ground truth: c"):
+    with pytest.raises(ValidationDataError, match=r"input/c\.npy: input without ground truth"):
         evaluate_model(models["offset"], challenge.track("denoising"), tmp_path)
 
 
@@ -556,29 +556,31 @@ def _put_npy(s3, bucket: str, key: str, array: np.ndarray) -> None:
 
 
 def test_validation_set_from_the_bucket_and_the_score(s3, models, challenge):
-    from mai_ops.infra.layout import validation_keys
+    from mai_ops.infra.layout import data_set_keys
     from mai_ops.models.fidelity import (
+        DataSet,
         ValidationDataError,
         evaluate_model,
-        load_validation_set,
+        load_data_set,
         score_from,
     )
 
     track = challenge.track("denoising")
     bucket = challenge.buckets.organizers
-    assert load_validation_set(s3, challenge, track) == ([], [])  # nothing staged: no error
+    # Nothing staged: no error, an empty set (the validation server reports runtime only).
+    assert load_data_set(s3, challenge, track, "validation") == DataSet([], [], [])
 
-    input_prefix, gt_prefix = validation_keys("denoising")
+    input_prefix, gt_prefix = data_set_keys("validation", "denoising")
     assert (input_prefix, gt_prefix) == ("validation/denoising/input/", "validation/denoising/gt/")
     images = crops(2)
     for name, image in zip(("0002", "0001"), images, strict=True):
         _put_npy(s3, bucket, f"{input_prefix}{name}.npy", image)
         _put_npy(s3, bucket, f"{gt_prefix}{name}.npy", image)
-    inputs, truths = load_validation_set(s3, challenge, "denoising")
-    assert len(inputs) == len(truths) == 2
-    np.testing.assert_array_equal(inputs[0], images[1])  # name order: 0001 first
+    data = load_data_set(s3, challenge, "denoising", "validation")
+    assert data.names == ["0001", "0002"] and len(data.inputs) == len(data.truths) == 2
+    np.testing.assert_array_equal(data.inputs[0], images[1])  # name order: 0001 first
 
-    result = evaluate_model(models["offset"], track, inputs, truths)
+    result = evaluate_model(models["offset"], track, data.inputs, data.truths)
     runtime_ms = 12.5
     score = score_from(track, result.metrics, runtime_ms)
     # mai2021 denoising: 2 ** (alpha * psnr) / (C * runtime), alpha = 2, C = 1e15.
@@ -586,10 +588,14 @@ def test_validation_set_from_the_bucket_and_the_score(s3, models, challenge):
     assert psnr_value == pytest.approx(20.0, abs=1e-4)
     assert score == pytest.approx(2 ** (2 * psnr_value) / (1e15 * runtime_ms), rel=1e-12)
     assert score == pytest.approx(2**40 / 1.25e16, rel=1e-4)
+    # A data set runs by its names.
+    by_name = evaluate_model(models["offset"], track, data)
+    assert [r["name"] for r in by_name.per_sample] == ["0001", "0002"]
+    assert by_name.metrics == result.metrics
 
     _put_npy(s3, bucket, f"{gt_prefix}0003.npy", images[0])
-    with pytest.raises(ValidationDataError, match="ground truth without input: 0003"):
-        load_validation_set(s3, challenge, track)
+    with pytest.raises(ValidationDataError, match="gt/0003.npy: ground truth without input"):
+        load_data_set(s3, challenge, track, "validation")
 
 
 def test_score_from_formula(challenge, caplog):

@@ -87,10 +87,20 @@ def test_the_stored_key_strings():
     assert layout.release_prefix("train_data_release") == "releases/train_data_release/"
     assert layout.release_manifest_key("e") == "releases/e/manifest.json"
     assert layout.release_sums_key("e") == "releases/e/SHA256SUMS"
-    assert layout.validation_keys("denoising") == (
+    assert layout.data_set_keys("validation", "denoising") == (
         "validation/denoising/input/",
         "validation/denoising/gt/",
     )
+    assert layout.data_set_keys("test", "depth") == ("test/depth/input/", "test/depth/gt/")
+    assert layout.released_test_input_key("test_data_release", "test/depth/input/0001.png") == (
+        "releases/test_data_release/test/depth/input/0001.png"
+    )
+    with pytest.raises(ValueError, match="unknown data set kind"):
+        layout.data_set_keys("train", "depth")
+    assert layout.has_ground_truth_segment("test/depth/gt/0001.png")
+    assert layout.has_ground_truth_segment("isp/GT/0001.png")
+    assert not layout.has_ground_truth_segment("isp/gt.png")
+    assert not layout.has_ground_truth_segment("isp/gtx/0001.png")
     assert layout.frozen_key("depth", "borealis", "s.zip") == "frozen/depth/borealis/s.zip"
     assert layout.FROZEN_MANIFEST == "frozen/manifest.json"
     assert layout.frozen_key("t", "x", "f").startswith(layout.FROZEN)

@@ -97,6 +97,9 @@ class Event(_Strict):
     phase: Phase = Phase.NONE
     remind_days_before: list[Annotated[int, Field(ge=1, le=60)]] = []
     group: Literal["challenge", "workshop"] = "challenge"
+    # A release_data event that also publishes every track's hidden test inputs
+    # (test/<track>/input/ in the organizers' bucket), never their ground truth.
+    test_inputs: bool = False
 
 
 class TensorSpec(_Strict):
@@ -139,6 +142,22 @@ class SubmissionLimits(_Strict):
         return self
 
 
+class FidelitySettings(_Strict):
+    """How the final scoring runs a submission on the hidden test images (``fidelity:``)."""
+
+    # Which file of the archive runs on the test images: ``auto`` is model_none.tflite
+    # when the track declares fidelity_inputs and the archive has one, else model.tflite.
+    model: Literal["auto", "model_none", "model"] = "auto"
+    # ``resize``: the model's dynamic dimensions take the image's; ``tiles``: a
+    # fixed-shape model runs on tiles of its input size, stitched back together.
+    fit: Literal["resize", "tiles"] = "resize"
+    # A team's own result and our run of its model must agree to this PSNR (dB, capped
+    # at 100 like the metric) to count as reproduced.
+    reproduce_min_psnr: float = Field(default=40.0, gt=0, le=100)
+    # What happens to a submission that is not reproduced: ranked and flagged, or left out.
+    unreproduced: Literal["rank", "exclude"] = "rank"
+
+
 class Track(_Strict):
     id: str = Field(pattern=_ID)
     title: str
@@ -155,6 +174,15 @@ class Track(_Strict):
     limits: SubmissionLimits = SubmissionLimits()
     # The whole graph must run on the delegate (a partial CPU fallback fails the run).
     require_full_delegation: bool = False
+    fidelity: FidelitySettings = FidelitySettings()
+
+    def fidelity_model_file(self, archive_has_model_none: bool) -> str:
+        """The archive's file that runs on the test images, per ``fidelity.model``."""
+        choice = self.fidelity.model
+        if choice == "auto":
+            use_none = bool(self.fidelity_inputs) and archive_has_model_none
+            choice = "model_none" if use_none else "model"
+        return f"{choice}.tflite"
 
 
 class Device(_Strict):
@@ -481,6 +509,20 @@ def semantic_problems(ch: Challenge, file: str) -> list[Problem]:
             parse_formula(track.score.formula, known)
         except FormulaError as exc:
             error(f"tracks[{i}].score.formula", str(exc))
+        for field, message in _fidelity_problems(track):
+            error(f"tracks[{i}].fidelity.{field}", message)
+
+    for i, event in enumerate(ch.timeline):
+        if event.test_inputs and event.phase != Phase.RELEASE_DATA:
+            error(
+                f"timeline[{i}].test_inputs",
+                f"event {event.name!r} has phase {event.phase}; only a release_data event "
+                "publishes the test inputs",
+            )
+        elif event.test_inputs and not ch.tracks:
+            error(
+                f"timeline[{i}].test_inputs", "the challenge has no tracks whose inputs to publish"
+            )
 
     needs_storage = ch.tracks or any(
         e.phase in PHASES_NEEDING_A_DATE or e.phase == Phase.WORKSHOP_NOTICE for e in ch.timeline
@@ -491,6 +533,61 @@ def semantic_problems(ch: Challenge, file: str) -> list[Problem]:
         error("participants", "the timeline sends notices; say where the registered teams are")
     if any(e.phase == Phase.FINAL_COLLECTION for e in ch.timeline) and not ch.tracks:
         error("tracks", "a final_collection event needs at least one track to collect")
+    return problems
+
+
+def _fidelity_problems(track: Track) -> list[tuple[str, str]]:
+    """(field under ``fidelity``, message) for each setting the track cannot honour."""
+    settings = track.fidelity
+    problems: list[tuple[str, str]] = []
+    if settings.model == "model_none" and not track.fidelity_inputs:
+        problems.append(
+            ("model", "model_none needs the track's fidelity_inputs (the model_none.tflite spec)")
+        )
+    if settings.fit != "tiles":
+        return problems
+    if any(m in ("top1", "top3") for m in track.metrics):
+        problems.append(("fit", "tiles stitches images; a top1/top3 track's output is scores"))
+        return problems
+    runs = [("inputs", track.inputs)]
+    if settings.model == "model_none":
+        runs = [("fidelity_inputs", track.fidelity_inputs or [])]
+    elif settings.model == "auto" and track.fidelity_inputs:
+        runs.append(("fidelity_inputs", track.fidelity_inputs))
+    for name, specs in runs:
+        if len(specs) != 1:
+            problems.append(("fit", f"tiles needs a model with one input; {name} has {len(specs)}"))
+            continue
+        shape = specs[0].shape
+        if len(shape) != 4 or shape[1] <= 0 or shape[2] <= 0:
+            hint = " (set model: model to tile model.tflite)" if name == "fidelity_inputs" else ""
+            problems.append(
+                (
+                    "fit",
+                    f"tiles needs a fixed height and width in {name}[0].shape (batch, height, "
+                    f"width, channels); it is {shape}{hint}",
+                )
+            )
+    out = track.outputs[0].shape
+    if len(out) != 4:
+        problems.append(
+            (
+                "fit",
+                f"tiles needs an image output (batch, height, width, channels); "
+                f"outputs[0].shape is {out}",
+            )
+        )
+    else:
+        inp = track.inputs[0].shape
+        for axis, label in ((1, "height"), (2, "width")):
+            if len(inp) == 4 and inp[axis] > 0 and out[axis] > 0 and out[axis] % inp[axis]:
+                problems.append(
+                    (
+                        "fit",
+                        f"tiles needs the output {label} ({out[axis]}) to be a whole multiple "
+                        f"of the input {label} ({inp[axis]})",
+                    )
+                )
     return problems
 
 

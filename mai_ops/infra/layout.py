@@ -242,17 +242,31 @@ def data_prefix(event: str) -> str:
 
 
 VALIDATION_DATA = "validation"
+TEST_DATA = "test"
+DATA_SET_KINDS = (VALIDATION_DATA, TEST_DATA)
+INPUT_FOLDER = "input"
+GROUND_TRUTH_FOLDER = "gt"
 
 
-def validation_data_prefix(track: str) -> str:
-    """A track's validation pairs (``input/`` and ``gt/`` below it)."""
-    return f"{VALIDATION_DATA}/{track}"
+def data_set_prefix(kind: str, track: str) -> str:
+    """A track's validation or hidden test pairs (``input/`` and ``gt/`` below it)."""
+    if kind not in DATA_SET_KINDS:
+        raise ValueError(f"unknown data set kind {kind!r}; known: {', '.join(DATA_SET_KINDS)}")
+    return f"{kind}/{track}/"
 
 
-def validation_keys(track: str) -> tuple[str, str]:
-    """(input prefix, ground-truth prefix) of a track's validation ``.npy`` pairs."""
-    base = validation_data_prefix(track)
-    return (f"{base}/input/", f"{base}/gt/")
+def data_set_keys(kind: str, track: str) -> tuple[str, str]:
+    """(input prefix, ground-truth prefix) of a track's ``validation`` or ``test`` pairs.
+
+    Each pair is ``<input prefix><name>.png|.npy`` and ``<ground-truth prefix><name>.png|.npy``.
+    """
+    base = data_set_prefix(kind, track)
+    return (f"{base}{INPUT_FOLDER}/", f"{base}{GROUND_TRUTH_FOLDER}/")
+
+
+def has_ground_truth_segment(key: str) -> bool:
+    """Whether a folder of ``key`` is named ``gt`` (any case): ground truth, never public."""
+    return any(part.lower() == GROUND_TRUTH_FOLDER for part in key.split("/")[:-1])
 
 
 # --- public bucket ----------------------------------------------------------------------
@@ -269,6 +283,11 @@ def release_manifest_key(event: str) -> str:
 
 def release_sums_key(event: str) -> str:
     return f"{release_prefix(event)}SHA256SUMS"
+
+
+def released_test_input_key(event: str, staged_key: str) -> str:
+    """Where a staged test input (``test/<track>/input/<name>``) is published at ``event``."""
+    return release_prefix(event) + staged_key
 
 
 PRELIMINARY_JSON = "results/preliminary.json"

@@ -4,6 +4,14 @@ Files under ``data/<event>/`` in the organizers' bucket are copied to
 ``releases/<event>/`` in the public bucket with a sha256 manifest and a
 ``SHA256SUMS`` file; every registered team gets time-limited download links
 (:func:`download_links`, mailed by :func:`mai_ops.notify.messages.release_notices`).
+
+A release event with ``test_inputs: true`` (the test data release) also publishes every
+track's hidden test inputs, ``test/<track>/input/<name>``, to
+``releases/<event>/test/<track>/input/<name>``, after checking from the listing that
+each has its ground truth (:func:`mai_ops.models.fidelity.staged_pairs`). Ground
+truth is never published: nothing under ``test/<track>/gt/`` is read, and a staged
+``data/<event>/`` object with a folder named ``gt`` anywhere in its key stops the
+release before anything is copied (:class:`ReleaseError` naming every such key).
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from mai_ops.challenge.config import Challenge, Event
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.infra.layout import (
     data_prefix,
+    has_ground_truth_segment,
     release_manifest_key,
     release_prefix,
     release_sums_key,
+    released_test_input_key,
 )
 from mai_ops.infra.storage import copy_if_changed, list_objects, put_json
 
@@ -28,24 +38,48 @@ class ReleaseError(NeedsOrganizer):
 
 
 def publish_release(s3: Any, challenge: Challenge, event: Event) -> dict:
-    """Copy the staged files to the public bucket; return the manifest (also stored)."""
+    """Copy the staged files to the public bucket; return the manifest (also stored).
+
+    Everything to publish is listed and checked first, so a refused release copies
+    nothing.
+    """
     buckets = challenge.buckets
     src = data_prefix(event.name)
+    dst = release_prefix(event.name)
     staged = sorted(
         (obj for obj in list_objects(s3, buckets.organizers, src) if not obj["Key"].endswith("/")),
         key=lambda o: o["Key"],
     )
-    if not staged:
+    truths = [o["Key"] for o in staged if has_ground_truth_segment(o["Key"][len(src) :])]
+    if truths:
+        shown = ", ".join(f"s3://{buckets.organizers}/{k}" for k in truths[:20])
+        raise ReleaseError(
+            f"refusing to publish ground truth: {shown}"
+            f"{f' and {len(truths) - 20} more' if len(truths) > 20 else ''} "
+            f"(a folder named gt under {src}); move it out of {src} and clear this task"
+        )
+    copies = [(o["Key"], dst + o["Key"][len(src) :], o["Size"]) for o in staged]
+    if event.test_inputs:
+        copies += _test_inputs(s3, challenge, event)
+    if not copies:
         raise ReleaseError(
             f"nothing to release for {event.name}: no files under s3://{buckets.organizers}/{src}; "
             "upload the data there and clear this task"
         )
-    dst = release_prefix(event.name)
+    first: dict[str, str] = {}
+    for key, target, _ in copies:
+        if has_ground_truth_segment(key) or has_ground_truth_segment(target[len(dst) :]):
+            raise ReleaseError(f"refusing to publish ground truth: s3://{buckets.organizers}/{key}")
+        if target in first:
+            raise ReleaseError(
+                f"s3://{buckets.organizers}/{key} and s3://{buckets.organizers}/{first[target]} "
+                f"would both be published as {target}; rename one"
+            )
+        first[target] = key
     files = []
-    for obj in staged:
-        relative = obj["Key"][len(src) :]
-        digest = copy_if_changed(s3, buckets.organizers, obj["Key"], buckets.public, dst + relative)
-        files.append({"key": dst + relative, "size": obj["Size"], "sha256": digest})
+    for key, target, size in copies:
+        digest = copy_if_changed(s3, buckets.organizers, key, buckets.public, target)
+        files.append({"key": target, "size": size, "sha256": digest})
     manifest = {
         "challenge": challenge.id,
         "event": event.name,
@@ -58,13 +92,35 @@ def publish_release(s3: Any, challenge: Challenge, event: Event) -> dict:
     return manifest
 
 
+def _test_inputs(s3: Any, challenge: Challenge, event: Event) -> list[tuple[str, str, int]]:
+    """(staged key, published key, size) of every track's test inputs, checked as pairs."""
+    from mai_ops.models.fidelity import ValidationDataError, staged_pairs
+
+    copies = []
+    for track in challenge.tracks:
+        try:
+            pairs = staged_pairs(s3, challenge, track, "test")
+        except ValidationDataError as exc:
+            raise ReleaseError(f"{event.name} publishes the test inputs, but {exc}") from None
+        for item, _ in pairs:
+            copies.append(
+                (item.source, released_test_input_key(event.name, item.source), item.size)
+            )
+    return copies
+
+
 def download_links(
     s3: Any, challenge: Challenge, manifest: dict, link_ttl_s: int = DEFAULT_LINK_TTL_S
 ) -> list[dict]:
-    """Each released file with a presigned link valid for ``link_ttl_s`` seconds."""
+    """Each released file with a presigned link valid for ``link_ttl_s`` seconds.
+
+    ``name`` is the file's path within the release (``isp/train_001.npz``,
+    ``test/depth/input/0001.png``), so files of two folders never look alike.
+    """
+    prefix = release_prefix(manifest["event"])
     return [
         {
-            "name": f["key"].rsplit("/", 1)[-1],
+            "name": f["key"][len(prefix) :] if f["key"].startswith(prefix) else f["key"],
             "size": f["size"],
             "sha256": f["sha256"],
             "url": s3.generate_presigned_url(
