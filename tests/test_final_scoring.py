@@ -25,6 +25,8 @@ from mai_ops.infra.layout import RANKING, data_set_keys, score_key, stage_key
 from mai_ops.infra.storage import get_json, list_objects
 
 from .conftest import _HOME, PROJECT
+from .test_metrics_cli import png_bytes
+from .test_test_data import npy_bytes
 
 TRACKS = ("denoise", "depth", "scenes")
 EXPECTED = ["ada", "bo", "cy"]  # the order of every track, by construction
@@ -153,25 +155,6 @@ def finals(tmp_path, s3, built):
     return path
 
 
-def png(array) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    if array.dtype.name == "uint16":
-        Image.fromarray(array[..., 0], mode="I;16").save(buf, format="PNG")
-    else:
-        Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def npy(array) -> bytes:
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
 def load_pairs(built: Path, track: str) -> dict:
     import numpy as np
 
@@ -189,9 +172,11 @@ def stage_test_set(s3, challenge, built: Path) -> None:
         input_prefix, gt_prefix = data_set_keys("test", track)
         for name, (x, y) in load_pairs(built, track).items():
             bucket = challenge.buckets.organizers
-            s3.put_object(Bucket=bucket, Key=f"{input_prefix}{name}.png", Body=png(x))
-            gt = (f"{name}.npy", npy(y)) if track == "scenes" else (f"{name}.png", png(y))
-            s3.put_object(Bucket=bucket, Key=gt_prefix + gt[0], Body=gt[1])
+            s3.put_object(Bucket=bucket, Key=f"{input_prefix}{name}.png", Body=png_bytes(x))
+            if track == "scenes":
+                s3.put_object(Bucket=bucket, Key=f"{gt_prefix}{name}.npy", Body=npy_bytes(y))
+            else:
+                s3.put_object(Bucket=bucket, Key=f"{gt_prefix}{name}.png", Body=png_bytes(y))
 
 
 def model_output(model: Path, x):
@@ -216,7 +201,7 @@ def submit(s3, challenge, built: Path, track: str, team: str, results: str | Non
         out = model_output(model, x)
         if results == "other":  # not what the model gives: 15 grey levels off
             out = out + np.where(np.arange(out.size).reshape(out.shape) % 2, 15.0, -15.0)
-        members[f"results/{name}.png"] = png(np.clip(np.round(out), 0, 255).astype(np.uint8))
+        members[f"results/{name}.png"] = png_bytes(np.clip(np.round(out), 0, 255).astype(np.uint8))
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zf:
         for name, data in members.items():

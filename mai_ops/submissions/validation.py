@@ -213,6 +213,7 @@ def _process_version(
     s3: Any, challenge: Challenge, teams: list[Team], key: str, head: dict, retry_failed: bool
 ) -> dict:
     """:func:`process_upload` for the version ``head`` describes."""
+    from mai_ops.models.fidelity import load_data_set
     from mai_ops.submissions.intake import IntakeError, Upload, judge_upload, oversize
 
     results = challenge.buckets.results
@@ -251,7 +252,7 @@ def _process_version(
             track = challenge.track(path.track)
             data = None
             if path.phase == "validation":
-                data = partial(_validation_pairs, s3, challenge, track)
+                data = partial(load_data_set, s3, challenge, track, "validation")
             evaluate(
                 record,
                 challenge,
@@ -262,14 +263,6 @@ def _process_version(
                 checks_only=record.precheck,
             )
     return _store(s3, results, record, teams, rejudged)
-
-
-def _validation_pairs(s3: Any, challenge: Challenge, track: Any) -> tuple[list, list]:
-    """The track's validation (inputs, ground truths); two empty lists when none is staged."""
-    from mai_ops.models.fidelity import load_data_set
-
-    data = load_data_set(s3, challenge, track, "validation")
-    return data.inputs, data.truths
 
 
 def _store(s3: Any, results: str, record: Evaluation, teams: list[Team], rejudged: bool) -> dict:
