@@ -10,7 +10,7 @@ import pytest
 from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
 from mai_ops.dev.embedded import read_outbox
-from mai_ops.infra.layout import FROZEN_MANIFEST
+from mai_ops.infra.layout import FROZEN_MANIFEST, RANKING
 from mai_ops.infra.storage import get_json, list_objects
 
 from .conftest import PROJECT, reference_model
@@ -73,14 +73,19 @@ def test_final_collection_then_scoring_with_a_rescore_form(
     assert _state(run) == "success"
     assert len(get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["frozen"]) == 3
 
+    def records() -> list[str]:
+        keys = [o["Key"] for o in list_objects(s3, CH.buckets.results, "scores/")]
+        return sorted("/".join(k.split("/")[1:3]) for k in keys if k.endswith("/record.json"))
+
     scoring = bag.dags["mai2021__scoring"]
     assert _state(scoring.test(run_conf={"track": "learned_isp", "team": "cobalt"})) == "success"
-    scored = sorted(o["Key"] for o in list_objects(s3, CH.buckets.results, "scores/"))
-    assert scored == ["scores/learned_isp/cobalt.json"]
+    assert records() == ["learned_isp/cobalt"]
+    # Two submissions are not scored yet: the ranking is kept as the run's, not as results.
+    assert not list(list_objects(s3, CH.buckets.results, RANKING))
     # Explicit conf: in-process dag.test keeps the previous run's params as defaults.
     assert _state(scoring.test(run_conf={"track": "all", "team": ""})) == "success"
-    scored = sorted(o["Key"] for o in list_objects(s3, CH.buckets.results, "scores/"))
-    assert len(scored) == 3
+    assert records() == ["depth/borealis", "learned_isp/aurora", "learned_isp/cobalt"]
+    assert get_json(s3, CH.buckets.results, RANKING)["validated"]
 
 
 def test_the_scheduler_timetable_walks_the_whole_timeline(bag):

@@ -241,12 +241,12 @@ def test_an_oversized_upload_is_rejected_before_it_is_downloaded(
 def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.submissions.evaluation
+    from mai_ops.devices import benchmark
 
     def explode(*args, **kwargs):
         raise RuntimeError("the device caught fire")
 
-    monkeypatch.setattr(mai_ops.submissions.evaluation, "_benchmark", explode)
+    monkeypatch.setattr(benchmark, "run_benchmark", explode)
     key = "depth/validation/borealis/boom.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
     record = tasks.validate_upload(MAI2021, key)
@@ -265,18 +265,18 @@ def test_an_injected_internal_fault_is_recorded_and_answered_not_looped(
 def test_a_cleared_task_retries_an_upload_that_failed_on_our_side(
     s3, airflow_connections, monkeypatch
 ):
-    import mai_ops.submissions.evaluation
+    from mai_ops.devices import benchmark
 
-    real = mai_ops.submissions.evaluation._benchmark
+    real = benchmark.run_benchmark
 
     def explode(*args, **kwargs):
         raise RuntimeError("injected fault")
 
     key = "depth/validation/borealis/retry.zip"
     put_zip(s3, key, {"model.tflite": reference_model("depth")})
-    monkeypatch.setattr(mai_ops.submissions.evaluation, "_benchmark", explode)
+    monkeypatch.setattr(benchmark, "run_benchmark", explode)
     assert tasks.validate_upload(MAI2021, key)["status"] == "failed"
-    monkeypatch.setattr(mai_ops.submissions.evaluation, "_benchmark", real)  # the fix is deployed
+    monkeypatch.setattr(benchmark, "run_benchmark", real)  # the fix is deployed
     assert tasks.validate_upload(MAI2021, key)["status"] == "ok"  # the organizer clears
     assert tasks.validate_upload(MAI2021, key)["status"] == "ok"  # and again: no change
     subjects = [m["Subject"] for m in read_outbox(airflow_connections.folder)]

@@ -32,6 +32,8 @@ def synthetic_pairs(track: Track, count: int = 2, seed: int = 0) -> dict[str, tu
             x = rng.random(shape, dtype=np.float32)
         if len(out.shape) == 2:  # classification: one label
             y = np.array(rng.integers(0, out.shape[1]), dtype=np.int64)
+        elif {"si_rmse", "rmse"} & set(track.metrics):  # depth in mm, 0.5 to 10 m
+            y = rng.uniform(500, 10000, tuple(out.shape[1:])).astype(np.float32)
         elif out.dtype in ("uint8", "int8"):
             y = rng.integers(0, 256, tuple(out.shape[1:]), dtype=np.uint8)
         else:

@@ -17,6 +17,7 @@ from mai_ops.challenge.config import Challenge
 from mai_ops.errors import NeedsOrganizer
 from mai_ops.infra.layout import PRELIMINARY_CSV, PRELIMINARY_JSON, RANKING
 from mai_ops.infra.storage import get_json, object_exists, put_json
+from mai_ops.submissions.scoring import frozen_entries
 
 PUBLIC_FIELDS = (
     "track",
@@ -49,6 +50,16 @@ def validated_results(s3: Any, challenge: Challenge) -> dict:
     if not table.get("validated"):
         summary = (table.get("validation") or {}).get("summary", "")
         raise NothingToPublish(f"the stored results did not pass validation:\n{summary}")
+    ranked = {
+        (r["track"], r["team"], r["sha256"]) for t in table["tracks"].values() for r in t["rows"]
+    }
+    frozen = {(e["track"], e["team"], e["sha256"]) for e in frozen_entries(s3, challenge)}
+    if ranked != frozen:
+        missing = sorted(f"{t}/{team}" for t, team, _ in frozen - ranked)
+        raise NothingToPublish(
+            "the stored results are not those of the frozen final set (frozen again since, "
+            f"or not all scored: {', '.join(missing) or 'extra rows'}); run the scoring"
+        )
     return table
 
 

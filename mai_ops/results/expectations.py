@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,7 +194,17 @@ def _rank_columns(rows: list[dict]) -> None:
 def validate_table(
     challenge: Any, table: Mapping[str, Any], suite_path: str | Path = SUITE
 ) -> ValidationReport:
-    """Validate the ranked ``table`` of ``challenge`` against the suite."""
+    """Validate the ranked ``table`` of ``challenge`` against the suite.
+
+    Great Expectations' own warnings (deprecations of its dependencies) are silenced:
+    they would land in a task log or in ``mai-ops score --json``'s output.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _validate(challenge, table, suite_path)
+
+
+def _validate(challenge: Any, table: Mapping[str, Any], suite_path: str | Path) -> ValidationReport:
     spec = load_suite_spec(suite_path)
     rows = table_frame_rows(challenge, table)
     import great_expectations as gx  # seconds to import: only when a table is validated

@@ -21,10 +21,6 @@ class ResultsNotValid(NeedsOrganizer):
     """The ranked table failed validation: nothing is stored as the results."""
 
 
-class ResultsIncomplete(NeedsOrganizer):
-    """Some frozen submission has no stored record yet."""
-
-
 def rank_all(
     s3: Any, challenge: Challenge, track: str | None = None, constants: dict | None = None
 ) -> tuple[dict, list[str]]:
@@ -59,8 +55,9 @@ def rank_and_store(
 ) -> dict:
     """Rank, validate and store; returns what happened and a report for the log.
 
-    Raises :class:`ResultsIncomplete` when a frozen submission has no record and
-    :class:`ResultsNotValid` when validation fails (both after keeping the run's table).
+    A frozen submission without a record (a run that measured one team first) leaves
+    the stored results as they are. Raises :class:`ResultsNotValid` when validation
+    fails, after keeping the run's table.
     """
     from mai_ops.results.expectations import validate_table
     from mai_ops.results.ranking import moved_ranks, render_moved
@@ -70,28 +67,31 @@ def rank_and_store(
     table["run_id"] = run_id
     report = validate_table(challenge, table)
     table["validation"] = {"success": report.success, "summary": report.summary()}
-    table["validated"] = report.success and not unscored
+    table["validated"] = report.success
+    table["not_scored"] = unscored
     previous = get_json(s3, bucket, RANKING) if object_exists(s3, bucket, RANKING) else None
     moved = moved_ranks(previous, table) if previous else []
     put_json(s3, bucket, ranking_run_key(run_id), table)
     lines = [report.summary()]
     if previous:
         lines.append("ranks moved against the stored results:\n" + render_moved(moved))
-    if unscored:
-        raise ResultsIncomplete(
-            "not scored yet, nothing stored as the results: " + ", ".join(unscored)
-        )
     if not report.success:
         raise ResultsNotValid(
             "the ranked table failed validation, nothing is published:\n" + report.summary()
         )
-    applied = not constants or apply
-    if applied:
+    applied = (not constants or apply) and not unscored
+    if unscored:
+        lines.append(
+            f"{len(unscored)} frozen submission(s) not scored yet, so this ranking is kept as "
+            "the run's and the stored results are unchanged: " + ", ".join(unscored)
+        )
+    elif applied:
         put_json(s3, bucket, RANKING, table)
     else:
         lines.append("other constants not applied: the stored results are unchanged")
     return {
         "applied": applied,
+        "not_scored": unscored,
         "moved": moved,
         "ranked": {t: len(v["rows"]) for t, v in table["tracks"].items()},
         "report": "\n".join(lines),

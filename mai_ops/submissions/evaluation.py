@@ -233,8 +233,7 @@ def _fidelity_model(track: Track, report: Any) -> Path:
     if not report.fidelity_model_path:
         raise StageError(
             "missing_model",
-            f"the {track.id} track runs model_none.tflite on the test images; "
-            "the archive has none",
+            f"the {track.id} track runs model_none.tflite on the test images; the archive has none",
         )
     return Path(report.fidelity_model_path)
 

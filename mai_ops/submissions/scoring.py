@@ -55,8 +55,8 @@ def frozen_entries(s3: Any, challenge: Challenge) -> list[dict]:
     bucket = challenge.buckets.results
     if not object_exists(s3, bucket, FROZEN_MANIFEST):
         raise NoFrozenSet(
-            f"no frozen final set: s3://{bucket}/{FROZEN_MANIFEST} does not exist; "
-            "run the final collection first"
+            f"no frozen final set for {challenge.id}: s3://{bucket}/{FROZEN_MANIFEST} does not "
+            "exist; run the final collection first"
         )
     return get_json(s3, bucket, FROZEN_MANIFEST)["frozen"]
 
