@@ -145,8 +145,15 @@ def phase_dag(
     doc: str,
     schedule,
     params: dict | None = None,
+    deadline=None,
 ):
-    """The ``@dag`` every phase uses: ``doc`` is the phase file's docstring."""
+    """The ``@dag`` every phase uses: ``doc`` is the phase file's docstring.
+
+    Every task that fails for good emails the challenge's organizers
+    (:func:`mai_ops_airflow.alerts.failure_alert`); ``deadline`` is a deadline alert.
+    """
+    from mai_ops_airflow.alerts import failure_alert
+
     return dag(
         dag_id=dag_id(challenge.id, phase),
         description=f"{challenge.title}: {phase.replace('_', ' ')}",
@@ -157,9 +164,10 @@ def phase_dag(
         start_date=None,
         catchup=False,
         max_active_runs=1,
-        default_args=DEFAULT_ARGS,
+        default_args=DEFAULT_ARGS | failure_alert(challenge),
         params={k: v for k, v in (params or {}).items() if v is not None},
         tags=phase_tags(challenge.id, phase),
+        deadline=deadline,
     )
 
 

@@ -242,6 +242,9 @@ class Challenge(_Strict):
     buckets: Buckets | None = None
     # SQS queue the submissions bucket notifies on each upload (validation server).
     uploads_queue: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,80}$")
+    # The preliminary results wait for an organizer's approval in the UI (human in the
+    # loop) before they are published; off: published at the instant without it.
+    approval: bool = True
 
     @field_validator("timezone")
     @classmethod

@@ -189,6 +189,7 @@ SCORES = "scores/"
 # task finds its stage's result and the next stage's input under the same key.
 STAGE_FILES = ("checks.json", "benchmark.json", "fidelity.json", "record.json")
 RANKING = f"{SCORES}ranking.json"  # the ranked table in force (validated, applied)
+APPROVAL = f"{SCORES}approval.json"  # which ranked table an organizer approved, by whom
 
 
 def submission_prefix(track: str, team: str, sha256: str) -> str:
