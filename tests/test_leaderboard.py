@@ -404,3 +404,138 @@ def test_write_the_tree_to_a_folder(files, tmp_path):
     assert (tmp_path / "leaderboard" / TRACK / "plot.png").read_bytes() == files[
         f"{TRACK}/plot.png"
     ]
+
+
+# ---------------------------------------------------------------------------------
+# The validation leaderboard
+# ---------------------------------------------------------------------------------
+
+
+def validation_record(team, version, *, track=TRACK, psnr=None, runtime_ms=10.0, **kw):
+    """A stored validation record, as the validation server writes it; returns its key."""
+    key = f"{track}/{kw.pop('phase', 'validation')}/{team}/{version}.zip"
+    etag = hashlib.md5(key.encode()).hexdigest()  # noqa: S324 - an ETag's shape only
+    first, second = CH.track(track).metrics
+    metrics = {first: psnr, second: 0.9} if psnr is not None else None
+    data = {
+        "key": key,
+        "etag": etag,
+        "uploaded_at": kw.pop("uploaded_at", f"2021-02-0{len(version)}T10:00:00+00:00"),
+        "size": 100,
+        "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        "track": track,
+        "phase": key.split("/")[1],
+        "team": team,
+        "device": CH.track(track).device,
+        "status": kw.pop("status", "ok"),
+        "errors": kw.pop("errors", []),
+        "stages": [],
+        "runtime": {"backend": "litert", "median_ms": runtime_ms},
+        "runtime_ms": runtime_ms,
+        "metrics": metrics,
+        "score": kw.pop("score", 1.0 if psnr is not None else None),
+        "flags": [],
+        "excluded": False,
+        "precheck": kw.pop("precheck", False),
+        "contact": "someone@teams.example",  # never copied anywhere public
+        **kw,
+    }
+    return key, etag, data
+
+
+def store_records(s3, *records):
+    for key, etag, data in records:
+        put_json(s3, CH.buckets.results, layout.upload_record_key(key, etag), data)
+
+
+def count_calls(s3) -> dict:
+    counts = {"ListObjectsV2": 0, "GetObject": 0, "PutObject": 0}
+
+    def seen(event_name, **_):
+        counts[event_name.rsplit(".", 1)[1]] += 1
+
+    for name in counts:
+        s3.meta.events.register(f"before-call.s3.{name}", seen)
+    return counts
+
+
+def public_etags(s3, prefix) -> dict:
+    listing = s3.list_objects_v2(Bucket=CH.buckets.public, Prefix=prefix)
+    return {o["Key"]: o["ETag"] for o in listing.get("Contents", [])}
+
+
+def test_the_validation_leaderboard_ranks_each_teams_best_verified_upload(s3, s3_server):
+    from mai_ops.publishing.validation_board import publish_validation_leaderboard
+
+    store_records(
+        s3,
+        validation_record("aurora", "v1", psnr=30.0, runtime_ms=20.0),
+        validation_record("aurora", "v22", psnr=31.0, runtime_ms=20.0),  # aurora's best
+        validation_record("borealis", "v1", psnr=None),  # no validation data: no score
+        validation_record(
+            "borealis",
+            "v22",
+            status="failed",
+            errors=[{"code": "not_tflite", "stage": "check", "message": "m"}],
+        ),
+        validation_record("cobalt", "v1", psnr=29.0, runtime_ms=10.0),
+        validation_record("dune", "v1", phase="final", psnr=35.0, precheck=True),
+        validation_record("eon", "v1", status="rejected", psnr=36.0),
+        validation_record("aurora", "v1", track="depth", psnr=0.2, runtime_ms=50.0),
+    )
+    table = publish_validation_leaderboard(s3, CH)
+    assert table["phase"] == "validation"
+    rows = table["tracks"][TRACK]["rows"]
+    aurora_v2 = hashlib.sha256(b"denoising/validation/aurora/v22.zip").hexdigest()
+    # aurora: 2 ** 62 / (1e15 * 20) = 230.6; cobalt: 2 ** 58 / (1e15 * 10) = 28.8
+    assert [(r["rank"], r["team"], r["sha256"]) for r in rows] == [
+        (1, "aurora", aurora_v2),
+        (2, "cobalt", hashlib.sha256(b"denoising/validation/cobalt/v1.zip").hexdigest()),
+    ]
+    assert rows[0]["score"] == pytest.approx(2**62 / (1e15 * 20))
+    assert [r["team"] for r in table["tracks"]["depth"]["rows"]] == ["aurora"]
+    assert table["tracks"]["learned_isp"]["rows"] == []
+
+    prefix = layout.leaderboard_prefix("validation")
+    assert prefix == "leaderboard/validation/"
+    keys = public_etags(s3, prefix)
+    assert f"{prefix}index.html" in keys and f"{prefix}{TRACK}/plot.png" in keys
+    status, kind, body = anonymous_get(
+        f"{s3_server.endpoint_url}/{CH.buckets.public}/{prefix}{TRACK}/index.html"
+    )
+    assert (status, kind) == (200, "text/html; charset=utf-8")
+    assert b"Validation leaderboard" in body and b"someone@" not in body
+    document = json.loads(
+        s3.get_object(Bucket=CH.buckets.public, Key=f"{prefix}{TRACK}/results.json")["Body"].read()
+    )
+    assert [r["team"] for r in document["rows"]] == ["aurora", "cobalt"]
+
+
+def test_the_validation_leaderboard_reads_only_new_records(s3):
+    from mai_ops.publishing.validation_board import publish_validation_leaderboard
+
+    store_records(
+        s3,
+        validation_record("aurora", "v1", psnr=30.0),
+        validation_record("cobalt", "v1", psnr=29.0),
+        validation_record("dune", "v1", phase="final", psnr=35.0, precheck=True),
+    )
+    calls = count_calls(s3)
+    publish_validation_leaderboard(s3, CH)
+    # One listing; the two validation records read (the final pre-check is skipped by key).
+    assert (calls["ListObjectsV2"], calls["GetObject"]) == (1, 2)
+    first = public_etags(s3, layout.LEADERBOARD)
+
+    calls.update(ListObjectsV2=0, GetObject=0)
+    publish_validation_leaderboard(s3, CH)
+    assert (calls["ListObjectsV2"], calls["GetObject"]) == (1, 1)  # the cache only
+    assert public_etags(s3, layout.LEADERBOARD) == first  # the same bytes
+
+    # A new upload, and one record rewritten (a failure of ours, judged again).
+    store_records(s3, validation_record("borealis", "v1", psnr=32.0))
+    key, etag, data = validation_record("aurora", "v1", psnr=30.0)
+    store_records(s3, (key, etag, {**data, "status": "failed", "score": None}))
+    calls.update(ListObjectsV2=0, GetObject=0)
+    table = publish_validation_leaderboard(s3, CH)
+    assert (calls["ListObjectsV2"], calls["GetObject"]) == (1, 3)
+    assert [r["team"] for r in table["tracks"][TRACK]["rows"]] == ["borealis", "cobalt"]
