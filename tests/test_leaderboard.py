@@ -539,3 +539,133 @@ def test_the_validation_leaderboard_reads_only_new_records(s3):
     table = publish_validation_leaderboard(s3, CH)
     assert (calls["ListObjectsV2"], calls["GetObject"]) == (1, 3)
     assert [r["team"] for r in table["tracks"][TRACK]["rows"]] == ["borealis", "cobalt"]
+
+
+# ---------------------------------------------------------------------------------
+# In a real browser
+# ---------------------------------------------------------------------------------
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+
+
+def click(page, selector: str) -> None:
+    """A real mouse click (pressed and released) in the middle of the element."""
+    box = page.evaluate(
+        f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+        " e.scrollIntoView({block: 'center', inline: 'center'});"
+        " const r = e.getBoundingClientRect();"
+        " return {x: r.left + r.width / 2, y: r.top + r.height / 2}; })()"
+    )
+    for kind in ("mousePressed", "mouseReleased"):
+        page.send(
+            "Input.dispatchMouseEvent",
+            type=kind,
+            x=box["x"],
+            y=box["y"],
+            button="left",
+            clickCount=1,
+        )
+
+
+def team_order(page) -> list[str]:
+    return page.evaluate(
+        "Array.from(document.querySelectorAll('#board tbody td.team')).map(td => td.textContent)"
+    )
+
+
+def header(title: str) -> str:
+    """The selector of the sort button of the column whose title starts with ``title``."""
+    return f"#board thead th[data-column={json.dumps(title)}] button"
+
+
+def sorted_as(page, column: str) -> str | None:
+    """The column's ``aria-sort``: ascending, descending, or None when not sorted by it."""
+    th = f"document.querySelector('#board thead th[data-column={column}]')"
+    return page.evaluate(f"{th}.getAttribute('aria-sort')")
+
+
+def test_the_track_page_in_a_browser(s3, s3_server, table):
+    """Published, then opened over plain HTTP from the local S3 server, without credentials."""
+    from mai_ops.publishing.preliminary import publish_preliminary
+
+    from .browser import chromium
+
+    store_validated(s3)
+    publish_preliminary(s3, CH)
+    base = f"{s3_server.endpoint_url}/{CH.buckets.public}/leaderboard"
+    rows = table["tracks"][TRACK]["rows"]
+    shots = PROJECT / "var"
+    with chromium(width=1280, height=2100) as page:
+        page.goto(f"{base}/{TRACK}/index.html")
+        page.wait_for("document.querySelectorAll('#board tbody tr').length === 8", "the table")
+
+        # The style and the script ran (allowed by the page's own policy), nothing else did.
+        assert page.evaluate("typeof window.pwned") == "undefined"
+        style = "getComputedStyle(document.querySelector('#board thead th')).backgroundColor"
+        assert page.evaluate(style) == "rgb(238, 241, 244)"
+
+        # Hostile team ids are text, shown as they are.
+        assert team_order(page) == [r["team"] for r in rows]
+        for team in (SCRIPT_TEAM, IMG_TEAM, LONG_TEAM):
+            shown = page.evaluate(
+                "Array.from(document.querySelectorAll('#board td.team')).find("
+                f"td => td.textContent === {json.dumps(team)}).getBoundingClientRect().height"
+            )
+            assert shown > 0, team
+        assert page.evaluate("document.querySelectorAll('#board img, #board script').length") == 0
+        assert SCRIPT_TEAM in page.evaluate("document.body.innerText")
+
+        # Sorting: the runtime, fastest first, the row without one last; then the other way.
+        click(page, header("runtime"))
+        by_runtime = sorted(
+            (r for r in rows if r["runtime_ms"] is not None), key=lambda r: r["runtime_ms"]
+        )
+        unmeasured = [r["team"] for r in rows if r["runtime_ms"] is None]
+        assert team_order(page) == [r["team"] for r in by_runtime] + unmeasured
+        assert sorted_as(page, "runtime") == "ascending"
+        click(page, header("runtime"))
+        assert team_order(page) == [r["team"] for r in reversed(by_runtime)] + unmeasured
+        assert (sorted_as(page, "runtime"), sorted_as(page, "rank")) == ("descending", None)
+        # psnr, higher is better: best first on the first click.
+        click(page, header("psnr"))
+        by_psnr = sorted((r for r in rows if r["psnr"] is not None), key=lambda r: -r["psnr"])
+        assert team_order(page) == [r["team"] for r in by_psnr] + unmeasured
+        click(page, header("team"))
+        assert team_order(page) == sorted(r["team"] for r in rows)
+        click(page, header("rank"))
+        assert team_order(page) == [r["team"] for r in rows]
+
+        # The plot: a point per ranked team, the front marked; the PNG loads.
+        points = "document.querySelectorAll('figure svg circle.point')"
+        assert page.evaluate(f"{points}.length") == 7
+        assert page.evaluate("document.querySelectorAll('figure svg circle.front').length") == 5
+        assert (
+            page.evaluate("document.querySelector('figure svg').getBoundingClientRect().width")
+            > 500
+        )
+        png_width = (
+            "new Promise(done => { const image = new Image();"
+            " image.onload = () => done(image.naturalWidth); image.onerror = () => done(-1);"
+            " image.src = 'plot.png'; })"
+        )
+        assert page.evaluate(png_width) == 1600
+        page.evaluate("window.scrollTo(0, 0)")
+        page.screenshot(shots / f"leaderboard-{TRACK}.png")
+
+        # On a phone: the table scrolls sideways inside its frame, the page does not.
+        page.send("Emulation.setDeviceMetricsOverride", **PHONE)
+        page.goto(f"{base}/{TRACK}/index.html")
+        page.wait_for("document.querySelectorAll('#board tbody tr').length === 8", "the table")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        frame = "document.querySelector('.scroll')"
+        assert page.evaluate(f"{frame}.scrollWidth > {frame}.clientWidth")
+        page.screenshot(shots / f"leaderboard-{TRACK}-phone.png")
+        page.evaluate("document.querySelector('figure').scrollIntoView()")
+        page.screenshot(shots / f"leaderboard-{TRACK}-phone-plot.png")
+
+        page.goto(f"{base}/index.html")
+        page.wait_for("document.querySelectorAll('ul.tracks li').length === 6", "the index")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(shots / "leaderboard-index-phone.png")
+    for name in (f"leaderboard-{TRACK}.png", f"leaderboard-{TRACK}-phone.png"):
+        assert (shots / name).read_bytes().startswith(b"\x89PNG")
