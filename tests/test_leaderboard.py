@@ -669,3 +669,22 @@ def test_the_track_page_in_a_browser(s3, s3_server, table):
         page.screenshot(shots / "leaderboard-index-phone.png")
     for name in (f"leaderboard-{TRACK}.png", f"leaderboard-{TRACK}-phone.png"):
         assert (shots / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_demo_writes_the_published_trees_to_its_folder(s3, tmp_path, files):
+    """var/demo/leaderboard/: byte for byte what the public bucket holds."""
+    from mai_ops.dev.demo import write_demo_leaderboards
+    from mai_ops.publishing.preliminary import publish_preliminary
+
+    store_validated(s3)
+    publish_preliminary(s3, CH)
+    store_records(s3, validation_record("aurora", "v1", psnr=30.0))
+    folder = tmp_path / "leaderboard"
+    pages = write_demo_leaderboards(s3, CH, folder)
+    assert pages == [folder / "index.html", folder / "validation" / "index.html"]
+    for key in public_etags(s3, layout.LEADERBOARD):
+        local = folder / key[len(layout.LEADERBOARD) :]
+        body = s3.get_object(Bucket=CH.buckets.public, Key=key)["Body"].read()
+        assert local.read_bytes() == body, key
+    assert (folder / TRACK / "plot.png").read_bytes() == files[f"{TRACK}/plot.png"]
+    assert (folder / "validation" / TRACK / "results.csv").read_text().count("aurora") == 1
