@@ -314,10 +314,10 @@ def test_a_single_point_and_an_unscorable_formula_still_plot():
         "rows": [{"rank": 1, "team": "solo", "psnr": 30.0, "runtime_ms": 10.0, "score": 1.0}],
     }
     scene = plot_scene(entry, title="t", higher_is_better=True)
-    from mai_ops.publishing.plot import Dot, Path
+    from mai_ops.publishing.plot import Dot, Line
 
     assert len([i for i in scene.items if isinstance(i, Dot) and i.team]) == 1
-    assert not [i for i in scene.items if isinstance(i, Path) and i.css == "iso"]
+    assert not [i for i in scene.items if isinstance(i, Line) and i.css == "iso"]
 
 
 # ---------------------------------------------------------------------------------

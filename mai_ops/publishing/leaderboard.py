@@ -40,6 +40,7 @@ from mai_ops.infra.layout import (
     FINAL_PHASE,
     LEADERBOARD_INDEX,
     LEADERBOARD_TRACK_FILES,
+    VALIDATION_PHASE,
     leaderboard_file,
     leaderboard_prefix,
 )
@@ -92,7 +93,7 @@ PHASES = {
         "empty": "No final submission was scored on this track.",
         "caption": "the final submissions",
     },
-    "validation": {
+    VALIDATION_PHASE: {
         "title": "Validation leaderboard",
         "lead": (
             "Each team's best verified validation upload (checked, measured and scored on "

@@ -50,7 +50,7 @@ POINT, FRONT, ISO = "#2f6fb3", "#d1600a", "#8c959f"
 
 
 @dataclass(frozen=True)
-class Path:
+class Line:
     """A polyline (``points``), or separate segments when ``pairs`` is set."""
 
     points: tuple[tuple[float, float], ...]
@@ -360,12 +360,12 @@ def plot_scene(
     # Grid and ticks.
     for tick in _log_ticks(*lx):
         x = px(math.log10(tick))
-        add(Path(((x, TOP), (x, TOP + ph)), GRID))
+        add(Line(((x, TOP), (x, TOP + ph)), GRID))
         add(Text(x, TOP + ph + 17, _tick_text(tick), 12, "middle", MUTED))
     yticks, decimals = _linear_ticks(*yr)
     for tick in yticks:
         y = py(tick)
-        add(Path(((LEFT, y), (LEFT + pw, y)), GRID))
+        add(Line(((LEFT, y), (LEFT + pw, y)), GRID))
         add(Text(LEFT - 6, y + 4, f"{tick:.{decimals}f}", 12, "end", MUTED))
 
     # Iso-lines through the top teams' points, each with the other variables of the
@@ -392,7 +392,7 @@ def plot_scene(
         if segments:
             pixels = [((px(a[0]), py(a[1])), (px(b[0]), py(b[1]))) for a, b in segments]
             curves.append((level, pixels))
-            add(Path(tuple(p for pair in pixels for p in pair), ISO, 1.2, pairs=True, css="iso"))
+            add(Line(tuple(p for pair in pixels for p in pair), ISO, 1.2, pairs=True, css="iso"))
 
     # The Pareto front: its staircase, then every point on top.
     points = list(zip(runtimes, values, strict=True))
@@ -404,7 +404,7 @@ def plot_scene(
             stairs.append((x, stairs[-1][1]))
         stairs.append((x, y))
     if len(stairs) > 1:
-        add(Path(tuple(stairs), FRONT, 1.5, dash=(5, 4), css="front-line"))
+        add(Line(tuple(stairs), FRONT, 1.5, dash=(5, 4), css="front-line"))
 
     taken: list[tuple[float, float, float, float]] = []
     dots = []
@@ -445,13 +445,13 @@ def plot_scene(
     for mark, text in (
         (Dot(0, 0, 5, POINT), "ranked team"),
         (Dot(0, 0, 6, FRONT), "Pareto front (no team both faster and better)"),
-        (Path(((0, 0), (26, 0)), ISO, 1.2), "equal score"),
+        (Line(((0, 0), (26, 0)), ISO, 1.2), "equal score"),
     ):
         if isinstance(mark, Dot):
             add(Dot(x + 6, y - 4, mark.r, mark.fill))
             x += 16
         else:
-            add(Path(((x, y - 4), (x + 26, y - 4)), ISO, 1.2))
+            add(Line(((x, y - 4), (x + 26, y - 4)), ISO, 1.2))
             x += 32
         add(Text(x, y, text, 12))
         x += CHAR_WIDTH * 12 * len(text) + 22
@@ -524,7 +524,7 @@ def _svg_item(item) -> str:
             f'<rect x="{_n(item.x)}" y="{_n(item.y)}" width="{_n(item.w)}" '
             f'height="{_n(item.h)}" fill="{item.fill}" stroke="{item.stroke}"/>'
         )
-    if isinstance(item, Path):
+    if isinstance(item, Line):
         if item.pairs:
             pairs = zip(item.points[::2], item.points[1::2], strict=True)
             d = " ".join(f"M{_n(a[0])} {_n(a[1])}L{_n(b[0])} {_n(b[1])}" for a, b in pairs)
@@ -611,7 +611,7 @@ def _png_item(image, draw, item, k: int) -> None:
         fill = None if item.fill == "none" else item.fill
         outline = None if item.stroke == "none" else item.stroke
         draw.rectangle(box, fill=fill, outline=outline, width=k)
-    elif isinstance(item, Path):
+    elif isinstance(item, Line):
         width = max(1, round(item.width * k))
         points = [(x * k, y * k) for x, y in item.points]
         if item.pairs:
