@@ -402,6 +402,11 @@ BROKEN: list[Any] = [
         id="duplicate-track-id",
     ),
     pytest.param(
+        set_("tracks[1].id", "validation"),
+        [("tracks[1].id", "'validation' is reserved: the validation leaderboard's folder")],
+        id="track-id-validation-reserved",
+    ),
+    pytest.param(
         set_("devices[1].name", "dimensity1000"),
         [
             ("devices[1].name", "duplicate name 'dimensity1000' (first at devices[0])"),

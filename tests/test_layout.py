@@ -117,3 +117,21 @@ def test_the_stored_key_strings():
         "results/preliminary.json",
         "results/preliminary.csv",
     )
+    assert layout.leaderboard_index_key("final") == "leaderboard/index.html"
+    assert layout.leaderboard_key("final", "depth", "plot.svg") == "leaderboard/depth/plot.svg"
+    assert layout.leaderboard_index_key("validation") == "leaderboard/validation/index.html"
+    assert layout.leaderboard_key("validation", "depth", "results.csv") == (
+        "leaderboard/validation/depth/results.csv"
+    )
+    assert layout.LEADERBOARD_TRACK_FILES == (
+        "index.html",
+        "results.csv",
+        "results.json",
+        "plot.svg",
+        "plot.png",
+    )
+    assert layout.VALIDATION_BOARD_CACHE == "leaderboard/validation-records.json"
+    with pytest.raises(ValueError, match="no leaderboard for phase 'test'"):
+        layout.leaderboard_prefix("test")
+    with pytest.raises(ValueError, match="not a leaderboard file"):
+        layout.leaderboard_key("final", "depth", "other.html")

@@ -33,6 +33,7 @@ from mai_ops import PROJECT_ROOT
 from mai_ops.challenge.dates import EventDate, parse_event_date, parse_time_of_day, zone
 from mai_ops.challenge.formula import FormulaError, parse_formula
 from mai_ops.errors import NeedsOrganizer
+from mai_ops.infra.layout import VALIDATION_PHASE, leaderboard_prefix
 from mai_ops.models.metrics import MEASUREMENT_VARIABLES, METRICS
 
 DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
@@ -463,6 +464,14 @@ def semantic_problems(ch: Challenge, file: str) -> list[Problem]:
                 )
             else:
                 first_at[value] = i
+
+    for i, track in enumerate(ch.tracks):
+        if track.id == VALIDATION_PHASE:
+            error(
+                f"tracks[{i}].id",
+                f"{track.id!r} is reserved: the validation leaderboard's folder "
+                f"({leaderboard_prefix(VALIDATION_PHASE)}) sits next to the tracks'",
+            )
 
     for i, event in enumerate(ch.timeline):
         if event.date.fixed:

@@ -246,10 +246,37 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
         results.append(_run(bag, release, first, label="re-run"))
         duplicates = len(read_outbox(smtp.folder)) - before
 
-        return _report(challenge, s3, smtp.folder, results, duplicates)
+        boards = write_demo_leaderboards(s3, challenge, workdir / "leaderboard")
+        code = _report(challenge, s3, smtp.folder, results, duplicates)
+        for board in boards:
+            print(f"leaderboard: {board}")
+        return code
     finally:
         smtp.stop()
         s3_server.stop()
+
+
+def write_demo_leaderboards(s3, challenge: Challenge, folder: Path) -> list[Path]:
+    """The leaderboards as files under ``folder``: the tree the public bucket holds.
+
+    The final one from the published preliminary results (when they were published),
+    at ``folder/index.html`` and ``folder/<track>/...``; the validation one, published
+    here as well (the demo's validation uploads are scored by then), at
+    ``folder/validation/``. Returns the index pages written.
+    """
+    from mai_ops.infra.storage import get_json, object_exists
+    from mai_ops.publishing.leaderboard import render_leaderboard, write_leaderboard
+    from mai_ops.publishing.validation_board import publish_validation_leaderboard
+
+    pages = []
+    if object_exists(s3, challenge.buckets.public, PRELIMINARY_JSON):
+        table = get_json(s3, challenge.buckets.public, PRELIMINARY_JSON)
+        write_leaderboard(render_leaderboard(table, challenge), folder)
+        pages.append(folder / "index.html")
+    validation = publish_validation_leaderboard(s3, challenge)
+    write_leaderboard(render_leaderboard(validation, challenge), folder / "validation")
+    pages.append(folder / "validation" / "index.html")
+    return pages
 
 
 def _run(

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import threading
 from collections.abc import Iterable
@@ -69,6 +70,7 @@ class LocalS3:
                     "with the Airflow database and the outbox (`make clean`) to start afresh"
                 ) from exc
         _encode_keys_in_version_listings()
+        _anonymous_requests_follow_bucket_policies()
         self.port = self.port or free_port(self.host)
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
@@ -147,6 +149,80 @@ def _encode_keys_in_version_listings() -> None:
 
     list_object_versions.encodes_keys = True
     S3Response.list_object_versions = list_object_versions
+
+
+def _anonymous_requests_follow_bucket_policies() -> None:
+    """Make moto refuse an unsigned request unless the bucket's policy allows it, as S3 does.
+
+    moto accepts any request by default, signed or not: anyone on the machine could
+    list or write every bucket with plain HTTP. Here a request without credentials (no
+    ``Authorization`` header and no presigned-link signature) is answered only when
+    the bucket's policy grants that action to everyone (:func:`anonymous_allowed`),
+    e.g. ``s3:GetObject`` on the public bucket's objects
+    (:func:`mai_ops.infra.storage.public_read_policy`); anything else is refused with
+    403 AccessDenied. Signed requests are unchanged (moto does not verify signatures:
+    the server listens on loopback only).
+    """
+    from moto.s3.exceptions import S3AccessDeniedError
+    from moto.s3.responses import S3Response
+
+    authorize = S3Response._authenticate_and_authorize_s3_action
+    if getattr(authorize, "follows_bucket_policies", False):
+        return
+
+    def checked(self, bucket_name: str | None = None, key_name: str | None = None) -> None:
+        signed = "Authorization" in self.headers or any(
+            name in self.querystring for name in ("X-Amz-Signature", "Signature")
+        )
+        if not signed:
+            action = f"s3:{self.data.get('Action', '')}"
+            resource = f"arn:aws:s3:::{bucket_name}" + (f"/{key_name}" if key_name else "")
+            policy = None
+            if bucket_name:
+                try:
+                    policy = self.backend.get_bucket(bucket_name).policy
+                except Exception:  # noqa: BLE001 - no such bucket: nothing is granted
+                    policy = None
+            if not policy or not anonymous_allowed(json.loads(policy), action, resource):
+                raise S3AccessDeniedError()
+        return authorize(self, bucket_name=bucket_name, key_name=key_name)
+
+    checked.follows_bucket_policies = True
+    S3Response._authenticate_and_authorize_s3_action = checked
+
+
+def anonymous_allowed(policy: dict, action: str, resource: str) -> bool:
+    """Whether a bucket policy lets anyone (no credentials) do ``action`` on ``resource``.
+
+    The statements that name ``Principal`` ``"*"`` (or ``{"AWS": "*"}``), with
+    ``Action`` and ``Resource`` patterns (``*`` and ``?`` wildcards) that match: an
+    ``Allow`` grants, a ``Deny`` wins over any grant. A statement with other elements
+    (``Condition``, ``NotAction``, ...) grants nothing here, and still denies.
+    """
+    allowed = False
+    statements = policy.get("Statement") or []
+    for statement in statements if isinstance(statements, list) else [statements]:
+        principal = statement.get("Principal")
+        if isinstance(principal, dict):
+            principal = principal.get("AWS")
+        everyone = principal == "*" or (isinstance(principal, list) and "*" in principal)
+        if not (everyone and _matches(statement.get("Action"), action, fold=True)):
+            continue
+        if not _matches(statement.get("Resource"), resource):
+            continue
+        plain = set(statement) <= {"Sid", "Effect", "Principal", "Action", "Resource"}
+        if statement.get("Effect") == "Deny":
+            return False
+        allowed = allowed or (statement.get("Effect") == "Allow" and plain)
+    return allowed
+
+
+def _matches(patterns: Any, value: str, fold: bool = False) -> bool:
+    for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
+        regex = ".*".join(".".join(map(re.escape, p.split("?"))) for p in pattern.split("*"))
+        if re.fullmatch(regex, value, re.IGNORECASE if fold else 0):
+            return True
+    return False
 
 
 def _moto_backends() -> dict[str, Any]:
@@ -229,8 +305,13 @@ def ensure_buckets(s3: Any, names: Iterable[str], versioned: Iterable[str] = ())
 
 
 def ensure_challenge_buckets(s3: Any, buckets: Any) -> list[str]:
-    """A challenge's buckets (its ``buckets``), the submissions bucket versioned."""
-    return ensure_buckets(s3, buckets.model_dump().values(), versioned=[buckets.submissions])
+    """A challenge's buckets (its ``buckets``), the submissions bucket versioned, the
+    public one readable by anyone (its leaderboards open from a link)."""
+    from mai_ops.infra.storage import allow_public_read
+
+    created = ensure_buckets(s3, buckets.model_dump().values(), versioned=[buckets.submissions])
+    allow_public_read(s3, buckets.public)
+    return created
 
 
 class _MaildirHandler:

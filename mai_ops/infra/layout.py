@@ -18,7 +18,8 @@ MAX_KEY_BYTES = 1024
 # --- submissions bucket: <track>/<phase>/<team>/<filename> -----------------------------
 
 FINAL_PHASE = "final"
-PHASES = ("validation", FINAL_PHASE)
+VALIDATION_PHASE = "validation"
+PHASES = (VALIDATION_PHASE, FINAL_PHASE)
 
 
 class BadUploadKey(ValueError):
@@ -293,3 +294,44 @@ def released_test_input_key(event: str, staged_key: str) -> str:
 
 PRELIMINARY_JSON = "results/preliminary.json"
 PRELIMINARY_CSV = "results/preliminary.csv"
+
+
+# The leaderboards, readable by anyone with the link (the public bucket's policy allows
+# anonymous reads). The final phase's (published with the preliminary results) sits
+# under ``leaderboard/``; the validation phase's (each team's best verified validation
+# upload) under ``leaderboard/validation/``. A track id may not be ``validation``.
+LEADERBOARD = "leaderboard/"
+LEADERBOARD_INDEX = "index.html"
+# Each track's files, in the order the index page lists them.
+LEADERBOARD_TRACK_FILES = ("index.html", "results.csv", "results.json", "plot.svg", "plot.png")
+
+
+def leaderboard_prefix(phase: str) -> str:
+    """Where one phase's leaderboard sits: ``leaderboard/`` or ``leaderboard/validation/``."""
+    if phase == FINAL_PHASE:
+        return LEADERBOARD
+    if phase == VALIDATION_PHASE:
+        return f"{LEADERBOARD}{VALIDATION_PHASE}/"
+    raise ValueError(f"no leaderboard for phase {phase!r}; known: {', '.join(PHASES)}")
+
+
+def leaderboard_index_key(phase: str) -> str:
+    """The page that links every track's leaderboard of ``phase``."""
+    return leaderboard_prefix(phase) + LEADERBOARD_INDEX
+
+
+def leaderboard_file(track: str, name: str) -> str:
+    """One file of a track's leaderboard, relative to its phase's prefix."""
+    if name not in LEADERBOARD_TRACK_FILES:
+        raise ValueError(f"{name!r} is not a leaderboard file; known: {LEADERBOARD_TRACK_FILES}")
+    return f"{track}/{name}"
+
+
+def leaderboard_key(phase: str, track: str, name: str) -> str:
+    """``leaderboard/[validation/]<track>/<name>`` in the public bucket."""
+    return leaderboard_prefix(phase) + leaderboard_file(track, name)
+
+
+# Results bucket: what the validation leaderboard has read of each upload record (by the
+# record's key and ETag), so that an update reads only the records new since the last.
+VALIDATION_BOARD_CACHE = f"{LEADERBOARD}validation-records.json"

@@ -143,3 +143,31 @@ def list_versions(s3: Any, bucket: str, prefix: str = "") -> Iterator[dict]:
         yield from sorted(
             entries, key=lambda e: (e["Key"], not e.get("IsLatest"), -e["LastModified"].timestamp())
         )
+
+
+def public_read_policy(bucket: str) -> dict:
+    """The bucket policy that lets anyone read (only read) every object of ``bucket``.
+
+    Anonymous ``s3:GetObject`` on ``arn:aws:s3:::<bucket>/*``: a link to a leaderboard
+    page opens in any browser, while listing the bucket or writing to it still needs
+    the organizers' credentials. The same document on AWS S3 (with the bucket's Block
+    Public Access settings allowing public policies) and MinIO (``mc anonymous set
+    download`` writes an equivalent one); docs/deployment.md.
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "PublicReadObjects",
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+
+
+def allow_public_read(s3: Any, bucket: str) -> None:
+    """Apply :func:`public_read_policy` to ``bucket`` (idempotent; replaces its policy)."""
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(public_read_policy(bucket)))

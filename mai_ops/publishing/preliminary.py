@@ -4,7 +4,8 @@ Only the table stored as the results (:data:`~mai_ops.infra.layout.RANKING`), an
 when it passed validation, is ever published: a table that failed its expectations, or
 a final set not scored yet, stops publication with the reason. The public copy holds
 what a leaderboard shows (ranks, team ids, metrics, runtime and device, score, flags,
-error codes); nothing private about a team.
+error codes); nothing private about a team. The same table becomes the final
+leaderboard's pages, files and plots (:mod:`mai_ops.publishing.leaderboard`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from mai_ops.challenge.config import Challenge
 from mai_ops.errors import NeedsOrganizer
-from mai_ops.infra.layout import PRELIMINARY_CSV, PRELIMINARY_JSON, RANKING
+from mai_ops.infra.layout import FINAL_PHASE, PRELIMINARY_CSV, PRELIMINARY_JSON, RANKING
 from mai_ops.infra.storage import get_json, object_exists, put_json
 from mai_ops.submissions.scoring import frozen_entries
 
@@ -75,25 +76,42 @@ def public_table(table: dict) -> dict:
             "device": ranked["device"],
             "rows": [{f: row.get(f) for f in fields} for row in ranked["rows"]],
         }
-    return {"challenge": table["challenge"], "phase": "final", "tracks": tracks}
+    return {
+        "challenge": table["challenge"],
+        "phase": table.get("phase", FINAL_PHASE),
+        "tracks": tracks,
+    }
 
 
 def publish_preliminary(s3: Any, challenge: Challenge) -> dict:
-    """Write the validated results (JSON and CSV) to the public bucket; return them."""
+    """Publish the validated results; return the public table.
+
+    To the public bucket: the whole table as JSON and CSV
+    (:data:`~mai_ops.infra.layout.PRELIMINARY_JSON`, ``PRELIMINARY_CSV``), and the
+    final leaderboard (:func:`mai_ops.publishing.leaderboard.render_leaderboard`: a
+    page, CSV, JSON and plots per track under ``leaderboard/``, and the index page).
+    """
+    from mai_ops.publishing.leaderboard import (
+        csv_cell,
+        publish_leaderboard,
+        render_leaderboard,
+    )
+
     table = public_table(validated_results(s3, challenge))
-    put_json(s3, challenge.buckets.public, PRELIMINARY_JSON, table)
+    public = challenge.buckets.public
+    publish_leaderboard(s3, public, FINAL_PHASE, render_leaderboard(table, challenge))
+    put_json(s3, public, PRELIMINARY_JSON, table)
     metrics = sorted({m for t in table["tracks"].values() for m in t["metrics"]})
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow([*PUBLIC_FIELDS, *metrics])
     for ranked in table["tracks"].values():
         for row in ranked["rows"]:
-            values = [row.get(f) for f in (*PUBLIC_FIELDS, *metrics)]
-            writer.writerow(["; ".join(v) if isinstance(v, list) else v for v in values])
+            writer.writerow([csv_cell(row.get(f)) for f in (*PUBLIC_FIELDS, *metrics)])
     s3.put_object(
-        Bucket=challenge.buckets.public,
+        Bucket=public,
         Key=PRELIMINARY_CSV,
         Body=out.getvalue().encode(),
-        ContentType="text/csv",
+        ContentType="text/csv; charset=utf-8",
     )
     return table
