@@ -260,15 +260,47 @@ def rank_results(path, run_id, track=None, constants=None, apply=False, s3=None)
     return {k: v for k, v in outcome.items() if k != "report"}
 
 
-def publish_preliminary_results(path, s3=None, send=None) -> dict:
+def review_results(path, s3=None) -> dict:
+    """The validated results for the approval step: Markdown tables, digest, approved?"""
+    from mai_ops.publishing.approval import review
+
+    run = PhaseRun.open(path, s3)
+    return review(run.s3, run.challenge)
+
+
+def record_approval(path, digest: str, by: str | None, s3=None) -> dict:
+    from mai_ops.publishing.approval import record_approval as keep
+
+    run = PhaseRun.open(path, s3)
+    return keep(run.s3, run.challenge, digest, by)
+
+
+def promised_instant(challenge: Challenge) -> dt.datetime | None:
+    """When the preliminary results are promised (the first such event with a date)."""
+    instants = [
+        event_instant(challenge, e)
+        for e in challenge.timeline
+        if dag_phase_of(e) == DagPhase.PRELIMINARY_RESULTS and e.date.fixed
+    ]
+    return min(instants) if instants else None
+
+
+def publish_preliminary_results(path, when=None, s3=None, send=None) -> dict:
+    """Publish the validated results and email each team its own; never before the instant.
+
+    ``when`` is the instant the run stands for (its logical date): a run before the
+    promised instant (an organizer approving ahead) publishes nothing.
+    """
     from mai_ops.publishing.preliminary import publish_preliminary
 
     run = PhaseRun.open(path, s3, send)
+    promised = promised_instant(run.challenge)
+    if when is not None and promised is not None and when < promised:
+        return {"published": False, "promised": promised.isoformat()}
     table = publish_preliminary(run.s3, run.challenge)
     notices = preliminary_results_notices(run.challenge, table, run.teams)
-    return {"results": sum(len(t["rows"]) for t in table["tracks"].values())} | run.deliver(
-        notices
-    ).as_dict()
+    ranked = sum(len(t["rows"]) for t in table["tracks"].values())
+    return {"published": True, "results": ranked} | run.deliver(notices).as_dict()
 
 
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[list[str]]:

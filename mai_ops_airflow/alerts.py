@@ -6,21 +6,19 @@ once, when the task fails for good (its retries use ``on_retry_callback``): one 
 failure, with the reason and a link to the log. A challenge without organizers gets no
 alert.
 
-Publication on time is guarded by an Airflow deadline alert on the preliminary results
-DAG: if its run has not finished :data:`PUBLICATION_GRACE` after the promised instant
-(its logical date), the organizers are told. Deadlines are checked by the scheduler,
-so they work wherever the scheduler runs (``make up``, production); ``dag.test()`` runs
-have no scheduler and no deadline.
+Publication on time: the preliminary results DAG runs at the promised instant, so at
+that instant the organizers hear either nothing (published), that the results wait for
+their approval (:func:`approval_request`: not published yet), or that a task failed
+(no validated results of the frozen set, say). This scheduled check stands in for
+Airflow's deadline alerts: in Airflow 3.3.2 ``dag.test()``, which the demo and the tests
+run every DAG with, cannot finish a run of a DAG that has one (it looks the alert up
+by its definition instead of its id).
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from mai_ops.challenge.config import Challenge
 from mai_ops_airflow.hooks import SMTP_CONN_ID
-
-PUBLICATION_GRACE = timedelta(minutes=30)
 
 FAILURE_SUBJECT = "[{short}] task failed: {{{{ ti.dag_id }}}} / {{{{ ti.task_id }}}}"
 FAILURE_HTML = (
@@ -31,12 +29,6 @@ FAILURE_HTML = (
     "<li>reason: {{{{ exception | string | e }}}}</li></ul>"
     '<p><a href="{{{{ ti.log_url }}}}">The task log</a>. Fix the cause, then clear the task '
     "in the UI: a cleared task runs again and keeps what was already done.</p>"
-)
-LATE_SUBJECT = "[{short}] preliminary results not published at the promised time"
-LATE_HTML = (
-    "<p>The preliminary results of {title} were promised for {{{{ dag_run.logical_date }}}}; "
-    "{grace} minutes later the run <code>{{{{ dag_run.run_id }}}}</code> has not finished "
-    "(waiting for approval, or failed). Open the DAG <code>{{{{ dag_run.dag_id }}}}</code>.</p>"
 )
 
 
@@ -64,29 +56,20 @@ def failure_alert(challenge: Challenge) -> dict:
     return {"on_failure_callback": _notifier(challenge, subject, FAILURE_HTML.format(**fields))}
 
 
-def publication_deadline(challenge: Challenge):
-    """A deadline alert: the run of the promised instant not finished within the grace."""
-    if not challenge.organizers:
-        return None
-    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-    from airflow.sdk import DeadlineAlert, DeadlineReference
-    from airflow.sdk.definitions.deadline import AsyncCallback
+APPROVAL_SUBJECT = "[{short}] preliminary results not published: waiting for your approval"
+APPROVAL_HTML = (
+    "<p>The preliminary results of {title} are validated and are not published: they wait "
+    "for an organizer's approval. Open Required Actions in the Airflow UI (DAG "
+    "<code>{{{{ ti.dag_id }}}}</code>, run <code>{{{{ run_id }}}}</code>), read the tables "
+    "and approve or reject.</p>"
+    "<p>They are published at the promised instant once approved, at once if approved "
+    "later.</p>"
+)
 
-    fields = {
-        "short": short_name(challenge),
-        "title": challenge.title,
-        "grace": int(PUBLICATION_GRACE.total_seconds() // 60),
-    }
-    return DeadlineAlert(
-        reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
-        interval=PUBLICATION_GRACE,
-        callback=AsyncCallback(
-            SmtpNotifier,
-            kwargs={
-                "to": list(challenge.organizers),
-                "subject": LATE_SUBJECT.format(**fields),
-                "html_content": LATE_HTML.format(**fields),
-                "smtp_conn_id": SMTP_CONN_ID,
-            },
-        ),
-    )
+
+def approval_request(challenge: Challenge) -> list:
+    """Notifiers for the approval step: the organizers hear that it waits for them."""
+    if not challenge.organizers:
+        return []
+    fields = {"short": short_name(challenge), "title": challenge.title}
+    return [_notifier(challenge, APPROVAL_SUBJECT.format(**fields), APPROVAL_HTML.format(**fields))]

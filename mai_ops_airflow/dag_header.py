@@ -145,12 +145,11 @@ def phase_dag(
     doc: str,
     schedule,
     params: dict | None = None,
-    deadline=None,
 ):
     """The ``@dag`` every phase uses: ``doc`` is the phase file's docstring.
 
     Every task that fails for good emails the challenge's organizers
-    (:func:`mai_ops_airflow.alerts.failure_alert`); ``deadline`` is a deadline alert.
+    (:func:`mai_ops_airflow.alerts.failure_alert`).
     """
     from mai_ops_airflow.alerts import failure_alert
 
@@ -167,7 +166,6 @@ def phase_dag(
         default_args=DEFAULT_ARGS | failure_alert(challenge),
         params={k: v for k, v in (params or {}).items() if v is not None},
         tags=phase_tags(challenge.id, phase),
-        deadline=deadline,
     )
 
 

@@ -29,7 +29,8 @@ from .test_metrics_cli import png_bytes
 from .test_test_data import npy_bytes
 
 TRACKS = ("denoise", "depth", "scenes")
-EXPECTED = ["ada", "bo", "cy"]  # the order of every track, by construction
+EXPECTED = ["ada", "bo", "cy"]
+ORGANIZERS = "organizers@finals.example"  # the order of every track, by construction
 TEAMS = {
     "ada": ("Ada Lab", TRACKS),
     "bo": ("Team Bo", TRACKS),
@@ -58,7 +59,7 @@ def _challenge_yaml(today: dt.date) -> str:
         "id": "finals",
         "title": "Finals test challenge",
         "timezone": "UTC",
-        "organizers": ["organizers@finals.example"],
+        "organizers": [ORGANIZERS],
         "participants": {"source": "file", "path": "finals.csv"},
         "buckets": {
             "organizers": "finals-organizers",
@@ -441,9 +442,16 @@ def test_one_task_per_team_and_stage_and_clearing_changes_nothing(
     assert _states(run)[("score_depth.benchmark", "bo")] == "success"
     assert ranked_teams(s3, finals, "depth") == EXPECTED
     records = stored_records(s3, finals)
+    # The organizers heard of each failure once (a task that failed for good), with a link.
+    alerts = [m for m in read_outbox(airflow_connections.folder) if m["To"] == ORGANIZERS]
+    assert sorted(a["Subject"] for a in alerts) == [
+        "[FINALS] task failed: finals__scoring / score_depth.benchmark",
+        "[FINALS] task failed: finals__scoring / score_scenes.fidelity",
+    ]
+    assert all("/log" in a.get_body().get_content() for a in alerts)
     tasks.publish_preliminary_results(finals)
     sent = len(read_outbox(airflow_connections.folder))
-    assert sent == len(TEAMS)
+    assert sent == len(TEAMS) + len(alerts)
 
     calls.update(benchmark=[], fidelity=[])
     run = dag.test(logical_date=when, run_conf=conf)  # clearing the whole run
@@ -452,3 +460,56 @@ def test_one_task_per_team_and_stage_and_clearing_changes_nothing(
     assert stored_records(s3, finals) == records
     tasks.publish_preliminary_results(finals)
     assert len(read_outbox(airflow_connections.folder)) == sent
+
+
+def _promised(path: Path) -> dt.datetime:
+    return tasks.promised_instant(load_challenge(path)).astimezone(dt.UTC)
+
+
+def _team_mails(folder) -> list:
+    return [m for m in read_outbox(folder) if m["To"] != ORGANIZERS]
+
+
+def test_results_wait_for_approval_and_never_show_before_the_promised_instant(
+    s3, airflow_connections, airflow_db, finals, finals_bag, built
+):
+    from mai_ops.dev.approver import Approver
+
+    submit_everyone(s3, finals, built, ("depth",))
+    score_everything(finals)
+    challenge = load_challenge(finals)
+    dag = finals_bag.dags["finals__preliminary_results"]
+    promised = _promised(finals)
+
+    # Rejected: nothing is published, no team hears anything.
+    with Approver("finals__preliminary_results", option="Reject") as organizer:
+        run = dag.test(logical_date=promised - dt.timedelta(days=2))
+    assert organizer.answered and not organizer.errors
+    states = _states(run)
+    assert states[("approve_publication", None)] == "success"
+    assert states[("publish_preliminary_results", None)] == "skipped"
+    assert list(list_objects(s3, challenge.buckets.public)) == []
+
+    # Approved a day ahead, through the REST API: recorded, still nothing public.
+    with Approver("finals__preliminary_results") as organizer:
+        run = dag.test(logical_date=promised - dt.timedelta(days=1))
+    assert str(run.state) == "success" and organizer.answered
+    assert _states(run)[("record_approval", None)] == "success"
+    assert list(list_objects(s3, challenge.buckets.public)) == []
+    assert _team_mails(airflow_connections.folder) == []
+    request = [m for m in read_outbox(airflow_connections.folder) if m["To"] == ORGANIZERS]
+    assert request and "waiting for your approval" in request[0]["Subject"]
+
+    # At the promised instant the approved table is published without asking again.
+    run = dag.test(logical_date=promised)
+    assert str(run.state) == "success"
+    states = _states(run)
+    assert states[("approve_publication", None)] == "skipped"
+    assert states[("publish_preliminary_results", None)] == "success"
+    public = {o["Key"] for o in list_objects(s3, challenge.buckets.public)}
+    assert {"results/preliminary.json", "leaderboard/depth/index.html"} <= public
+    assert sorted(m["To"] for m in _team_mails(airflow_connections.folder)) == [
+        "ada@teams.example",
+        "bo@teams.example",
+        "cy@teams.example",
+    ]
