@@ -77,6 +77,9 @@ def build(challenge, path, instants):
             notifiers=approval_request(challenge),
             # Reject skips publishing too, whatever its trigger rule.
             ignore_downstream_trigger_rules=True,
+            # An approval waits as long as it takes (not the tasks' 30-minute timeout).
+            execution_timeout=None,
+            response_timeout=None,
         )
         publish = publish_preliminary_results()
         approval_needed(review) >> [approve, publish]

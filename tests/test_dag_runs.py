@@ -58,7 +58,11 @@ def test_release_dag_fails_readably_when_nothing_is_staged(
     dag = bag.dags["mai2021__release_data"]
     run = dag.test(logical_date=TEST_RELEASE)
     assert _state(run) == "failed"
-    assert read_outbox(airflow_connections.folder) == []
+    # No team hears anything; the organizers get one alert naming the task.
+    (alert,) = read_outbox(airflow_connections.folder)
+    assert alert["To"] == "organizers@mai-challenge.example"
+    assert alert["Subject"] == "[MAI2021] task failed: mai2021__release_data / publish_release_and_notify"
+    assert "nothing to release" in alert.get_body().get_content()
 
 
 def test_final_collection_then_scoring_with_a_rescore_form(
@@ -164,7 +168,9 @@ def test_a_manual_final_collection_before_the_deadline_is_refused(
     assert _state(run) == "failed"
     assert _task_instances(run)[("freeze_final_set", None)] == "failed"
     assert list(list_objects(s3, CH.buckets.results, "frozen/")) == []
-    assert read_outbox(airflow_connections.folder) == []
+    assert [m["To"] for m in read_outbox(airflow_connections.folder)] == [
+        "organizers@mai-challenge.example"
+    ]
 
 
 def test_scoring_tasks_are_named_by_team_and_a_participants_failure_is_skipped(

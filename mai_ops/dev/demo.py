@@ -25,6 +25,7 @@ from mai_ops import PROJECT_ROOT
 from mai_ops.challenge.config import Challenge, default_challenges_dir, load_challenge
 from mai_ops.challenge.participants import load_teams
 from mai_ops.challenge.timeline import DagPhase, dag_id, phase_instants
+from mai_ops.dev.approver import Approver
 from mai_ops.dev.embedded import (
     LocalS3,
     LocalSMTP,
@@ -239,7 +240,14 @@ def run_timeline(challenge_id: str = "mai2021", workdir: Path | None = None) -> 
                 stage_validation_uploads(s3, challenge)
             # The rehearsal's deadline is still to come: its freeze is an early one, on purpose.
             early = dag == dag_id(challenge.id, DagPhase.FINAL_COLLECTION)
-            results.append(_run(bag, dag, instant, conf={"early_freeze": True} if early else None))
+            conf = {"early_freeze": True} if early else None
+            if dag == dag_id(challenge.id, DagPhase.PRELIMINARY_RESULTS):
+                # The organizer approves the results through the REST API, as in the UI.
+                with Approver(dag) as organizer:
+                    results.append(_run(bag, dag, instant, conf=conf))
+                print(f"        approved through the REST API: {len(organizer.answered)} step(s)")
+            else:
+                results.append(_run(bag, dag, instant, conf=conf))
 
         # An organizer clears the train release: same files, no second email.
         before = len(read_outbox(smtp.folder))
