@@ -163,6 +163,12 @@ def pure_work(s3, challenge) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20, help="frozen submissions (default 20)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the tasks one by one in this process (dag.test without an executor, as the "
+        "demo does) instead of on the LocalExecutor",
+    )
     args = parser.parse_args()
 
     from mai_ops.challenge.config import load_challenge
@@ -203,7 +209,8 @@ def main() -> int:
                     "remeasure": False,
                     "constants": {},
                     "apply": False,
-                }
+                },
+                use_executor=not args.in_process,
             )
             wall = time.monotonic() - started
             state = str(run.state)
@@ -213,7 +220,8 @@ def main() -> int:
             s3_server.stop()
     pure = sum(work_by_stage.values())
     tasks_run = 4 * args.n + len(TRACKS) + 1
-    print(f"run state: {state}; {tasks_run} task instances")
+    mode = "in process, one task at a time" if args.in_process else "LocalExecutor"
+    print(f"run state: {state}; {tasks_run} task instances; {mode}")
     print(f"wall time of the scoring DAG: {wall:.1f} s")
     print(
         "pure work inside the tasks: "
