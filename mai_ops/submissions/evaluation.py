@@ -87,6 +87,9 @@ class Evaluation:
     # A final-phase upload answered on arrival: intake rules and the checks only. Its
     # ``status`` then reads as the pre-check's (``precheck_status`` in the record).
     precheck: bool = False
+    # A validation upload's limits once it is judged (``intake.uploads_left``): what
+    # the team has left today and in total; None when no limit applies.
+    quota: dict[str, Any] | None = None
 
     def fail(self, *errors: StageError) -> None:
         """Record why the submission stopped: rejected by an intake rule, or failed."""
@@ -233,8 +236,7 @@ def _fidelity_model(track: Track, report: Any) -> Path:
     if not report.fidelity_model_path:
         raise StageError(
             "missing_model",
-            f"the {track.id} track runs model_none.tflite on the test images; "
-            "the archive has none",
+            f"the {track.id} track runs model_none.tflite on the test images; the archive has none",
         )
     return Path(report.fidelity_model_path)
 
