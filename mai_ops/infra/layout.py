@@ -292,3 +292,9 @@ def released_test_input_key(event: str, staged_key: str) -> str:
 
 PRELIMINARY_JSON = "results/preliminary.json"
 PRELIMINARY_CSV = "results/preliminary.csv"
+LEADERBOARD = "leaderboard/"
+
+
+def leaderboard_page_key(track: str) -> str:
+    """A track's public leaderboard page, linked from the preliminary results email."""
+    return f"{LEADERBOARD}{track}/index.html"

@@ -1,4 +1,4 @@
-"""Emails to teams, sent at most once each.
+"""Emails to teams: what one is (:class:`Notice`), and the ledger that sends each once.
 
 A notice has a key derived from what it is about (challenge, event, team), never
 from the time it was sent. Before sending, the results bucket is asked whether a
@@ -37,18 +37,44 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 log = logging.getLogger(__name__)
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """``text`` as one clean line: control characters (CR, LF, TAB, NUL, ...) become
+    spaces, runs of white space one space, cut to ``limit`` characters with an ellipsis.
+
+    Every string a participant controls (a team name, a file name, a message) passes
+    here before it reaches a header or the plain text of an email.
+    """
+    text = re.sub(r"\s+", " ", _CONTROL.sub(" ", str(text))).strip()
+    if limit is not None and len(text) > limit:
+        return text[: limit - 1].rstrip() + "…"
+    return text
+
+
 def clean_subject(subject: str) -> str:
     """A subject fit for one header line: no CR, LF or other control characters, bounded."""
-    text = re.sub(r"\s+", " ", _CONTROL.sub(" ", subject)).strip()
-    return text if len(text) <= MAX_SUBJECT_CHARS else text[: MAX_SUBJECT_CHARS - 1] + "…"
+    return one_line(subject, MAX_SUBJECT_CHARS)
+
+
+def message_id_local_part(notice_key: str) -> str:
+    """The left-hand side of a notice's ``Message-ID``: 32 hex digits of its key's sha256."""
+    return hashlib.sha256(notice_key.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
 class Notice:
+    """One email to one team: what it is about (``key``), its two bodies, who answers.
+
+    ``text`` is the plain-text part and ``html`` the HTML part of one
+    multipart/alternative message, both rendered from the same template pair
+    (:mod:`mai_ops.notify.render`); ``reply_to`` are the organizers' addresses.
+    """
+
     key: str
     to: str
     subject: str
-    body: str
+    text: str
+    html: str
+    reply_to: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.key) or ".." in self.key or len(self.key) > MAX_KEY_CHARS:
@@ -57,6 +83,8 @@ class Notice:
                 f"at most {MAX_KEY_CHARS} characters"
             )
         object.__setattr__(self, "subject", clean_subject(self.subject))
+        replies = tuple(one_line(a) for a in self.reply_to if one_line(a))
+        object.__setattr__(self, "reply_to", replies)
 
     @property
     def header(self) -> str:
@@ -69,6 +97,14 @@ class Notice:
         digest = hashlib.sha256(self.key.encode()).hexdigest()[:24]
         return f"{self.key[: MAX_HEADER_CHARS - 26]}~~{digest}"
 
+    def message_id(self, domain: str) -> str:
+        """``<sha256(key)[:32]@domain>``: the same for every copy of this notice.
+
+        ``domain`` is the sender address's; a copy sent again after a crash carries the
+        same id, and mail clients show it once.
+        """
+        return f"<{message_id_local_part(self.key)}@{domain}>"
+
 
 class NoticeRefused(Exception):
     """This one notice cannot be delivered (its address); the others still can.
@@ -80,6 +116,14 @@ class NoticeRefused(Exception):
         super().__init__(reason)
         self.reason = reason
         self.transient = transient
+
+
+class RelayUnavailable(ConnectionError):
+    """The mail relay could not be reached, or refused our session: nothing was sent.
+
+    The delivery stops (every notice would fail the same way); a retry sends what is
+    left.
+    """
 
 
 class UndeliveredNotices(NeedsOrganizer):
@@ -161,7 +205,7 @@ def marker_key(notice: Notice) -> str:
 
 def deliver(
     notices: Iterable[Notice],
-    send: Callable[[Notice], None],
+    send: Callable[[Notice], str | None],
     s3: Any,
     bucket: str,
 ) -> DeliveryReport:
