@@ -76,10 +76,12 @@ class PhaseRun:
         return load_teams(self.challenge, self.path, self.s3)
 
     def deliver(self, notices: list[Notice], settle: bool = True) -> DeliveryReport:
-        """Send each notice once (sent-markers in the results bucket).
+        """Send each notice once (the ledger: intents and sent-markers in the results
+        bucket, :mod:`mai_ops.notify.ledger`).
 
         A notice refused for its address does not stop the others; once they are sent,
         ``settle`` fails the task naming it (else the caller settles the report later).
+        A storage failure stops the delivery before the next send.
         """
         if self._send is None:
             from mai_ops_airflow import hooks
