@@ -303,11 +303,12 @@ def deliver(
             message_id = send(notice)
         except Exception as exc:
             refused = refusal(exc)
+            # Nothing went out on this try: its own intent goes (one left by an earlier
+            # try that may have sent stays, so the next send still says so).
+            if earlier is None and (refused is not None or isinstance(exc, _NOT_REACHED)):
+                _forget_intent(s3, bucket, intent)
             if refused is None:
-                if isinstance(exc, _NOT_REACHED):
-                    _forget_intent(s3, bucket, intent)
                 raise
-            _forget_intent(s3, bucket, intent)
             line = f"{notice.key}: {notice.to!r}: {refused.reason}"
             log.error("email not delivered: %s", line)
             (report.deferred if refused.transient else report.failed).append(line)
