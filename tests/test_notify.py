@@ -214,3 +214,94 @@ def test_an_email_the_relay_never_took_is_not_counted_as_maybe_sent(
     assert len(report.failed) == 1 and report.failed[0].startswith(notices[0].key)
     assert not object_exists(s3, RESULTS, notice_intent_key(notices[0].key))
     assert not object_exists(s3, RESULTS, notice_marker_key(notices[0].key))
+
+
+# --- what each kind says ------------------------------------------------------------------
+
+
+def test_release_links_only_the_teams_tracks_and_the_common_files():
+    from mai_ops.challenge.participants import Team
+    from mai_ops.notify.messages import release_notices
+
+    links = [
+        {"name": n, "size": 2_500_000, "sha256": "ab" * 32, "url": f"https://s3.example/{n}?X=1"}
+        for n in ("depth/train.npz", "learned_isp.npz", "test/depth/input/0001.png", "README.txt")
+    ]
+    borealis = Team("borealis", "Borealis Lab", "borealis@teams.example", ("depth",))
+    anyone = Team("free", "Free", "free@teams.example", ())  # no tracks listed: every track
+    mine, every = release_notices(
+        CH, CH.event("train_data_release"), links, [borealis, anyone], 7 * 86400
+    )
+    assert "depth/train.npz" in mine.text and "test/depth/input/0001.png" in mine.text
+    assert "README.txt" in mine.text and "learned_isp.npz" not in mine.text
+    assert "2.5 MB" in mine.text and "sha256 " + "ab" * 32 in mine.text
+    assert all(link["name"] in every.text for link in links)
+    assert 'href="https://s3.example/README.txt?X=1"' in mine.html
+
+
+def test_results_say_rank_of_n_runtime_device_flags_error_meaning_and_the_leaderboard():
+    from mai_ops.challenge.participants import Team
+    from mai_ops.notify.messages import preliminary_results_notices
+
+    aurora = Team("aurora", "Team Aurora", "aurora@teams.example", ("learned_isp", "quantized_sr"))
+    row = {"team": "aurora", "rank": 2, "status": "ok", "score": 12.5, "psnr": 30.25}
+    table = {
+        "tracks": {
+            "learned_isp": {
+                "metrics": ["psnr", "ssim"],
+                "device": "dimensity1000",
+                "rows": [
+                    {"team": "x", "rank": 1, "status": "ok"},
+                    row
+                    | {
+                        "ssim": 0.9,
+                        "runtime_ms": 45.6,
+                        "device": "dimensity1000",
+                        "flags": ["results_not_reproduced"],
+                    },
+                    {"team": "y", "rank": None, "status": "failed", "error": "not_tflite"},
+                ],
+            },
+            "quantized_sr": {
+                "metrics": ["psnr"],
+                "device": "vs680",
+                "rows": [{"team": "aurora", "rank": None, "status": "failed", "error": "flex_op"}],
+            },
+        }
+    }
+    (plain,) = preliminary_results_notices(CH, table, [aurora])
+    assert "rank 2 of 2, score 12.5" in plain.text
+    assert "psnr: 30.25" in plain.text and "ssim: 0.9" in plain.text
+    assert "runtime: 45.6 ms on dimensity1000, MediaTek Dimensity 1000+" in plain.text
+    assert "flagged results_not_reproduced: the results in your archive" in plain.text
+    assert "not ranked: the submission failed with [flex_op], Flex (SELECT_TF_OPS) ops" in (
+        plain.text
+    )
+    assert "leaderboard" not in plain.text  # no public URL: no link
+    (linked,) = preliminary_results_notices(CH, table, [aurora], "https://pub.example/mai/")
+    assert "leaderboard: https://pub.example/mai/leaderboard/learned_isp/index.html" in (
+        linked.text
+    )
+    assert 'href="https://pub.example/mai/leaderboard/quantized_sr/index.html"' in linked.html
+    assert linked.subject == "[MAI2021] Preliminary test results"
+
+
+def test_the_receipt_points_out_a_frozen_archive_without_a_fact_sheet(s3, airflow_connections):
+    from .conftest import zip_bytes
+
+    key = "depth/final/borealis/final.zip"
+    s3.put_object(
+        Bucket=CH.buckets.submissions, Key=key, Body=zip_bytes({"model.tflite": b"not a model"})
+    )
+    assert tasks.validate_upload(MAI2021, key)["precheck_status"] == "failed"  # unpacked
+    tasks.freeze_final(MAI2021)
+    tasks.send_receipts(MAI2021)
+    receipts = [m for m in read_outbox(airflow_connections.folder) if "receipt" in m["Subject"]]
+    (receipt,) = [m for m in receipts if m["To"] == "borealis@teams.example"]
+    text = text_part(receipt)
+    assert f"- depth: {key}, received by the server at " in text
+    assert "NO fact sheet (.pdf) in this archive" in text and "Reply to this email" in text
+    assert "NO fact sheet" in html_part(receipt)
+    # Teams with nothing frozen get no word about a fact sheet.
+    others = [text_part(m) for m in receipts if m is not receipt]
+    assert others and not any("fact sheet" in t for t in others)
