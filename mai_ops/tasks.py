@@ -38,7 +38,8 @@ from mai_ops.submissions.final_set import freeze_final_set
 from mai_ops.submissions.scoring import frozen_entries, run_stage, score_frozen
 
 log = logging.getLogger(__name__)
-Sender = Callable[[Notice], None]
+# Sends one notice; may return the Message-ID it used (the ledger keeps it).
+Sender = Callable[[Notice], str | None]
 
 
 class PhaseError(NeedsOrganizer):
@@ -75,10 +76,12 @@ class PhaseRun:
         return load_teams(self.challenge, self.path, self.s3)
 
     def deliver(self, notices: list[Notice], settle: bool = True) -> DeliveryReport:
-        """Send each notice once (sent-markers in the results bucket).
+        """Send each notice once (the ledger: intents and sent-markers in the results
+        bucket, :mod:`mai_ops.notify.ledger`).
 
         A notice refused for its address does not stop the others; once they are sent,
         ``settle`` fails the task naming it (else the caller settles the report later).
+        A storage failure stops the delivery before the next send.
         """
         if self._send is None:
             from mai_ops_airflow import hooks
@@ -196,13 +199,40 @@ def freeze_final(path, refreeze=False, s3=None, manual=False, early=False, now=N
 
 
 def send_receipts(path, s3=None, send=None) -> dict:
+    """Each team's receipt of the frozen set, with the fact sheet its pre-check found."""
     from mai_ops.infra.layout import FROZEN_MANIFEST
     from mai_ops.infra.storage import get_json
 
     run = PhaseRun.open(path, s3, send)
     manifest = get_json(run.s3, run.challenge.buckets.results, FROZEN_MANIFEST)
     early = bool(manifest.get("early"))
-    return run.deliver(receipt_notices(run.challenge, manifest, run.teams, early)).as_dict()
+    factsheets = frozen_factsheets(run.s3, run.challenge.buckets.results, manifest)
+    notices = receipt_notices(run.challenge, manifest, run.teams, early, factsheets)
+    return run.deliver(notices).as_dict()
+
+
+def frozen_factsheets(s3, bucket: str, manifest: dict) -> dict[tuple[str, str], str | None]:
+    """The fact sheet each frozen upload's pre-check found: ``(source, etag)`` -> its
+    path in the archive, or None when there was none. An upload whose pre-check did not
+    unpack it, or that has no pre-check record yet, is left out: nothing is known."""
+    from mai_ops.infra.layout import upload_record_key
+    from mai_ops.infra.storage import get_json, is_missing
+
+    found = {}
+    for frozen in manifest.get("frozen", []):
+        etag = frozen.get("etag")
+        if not etag:
+            continue
+        try:
+            record = get_json(s3, bucket, upload_record_key(frozen["source"], etag))
+        except s3.exceptions.ClientError as exc:
+            if is_missing(exc):
+                continue
+            raise
+        checks = record.get("checks") or {}
+        if record.get("precheck") and "unpack" in (record.get("stages") or []):
+            found[(frozen["source"], etag)] = checks.get("factsheet")
+    return found
 
 
 def list_frozen(path, track=None, team=None, s3=None) -> list[dict]:
@@ -285,11 +315,12 @@ def promised_instant(challenge: Challenge) -> dt.datetime | None:
     return min(instants) if instants else None
 
 
-def publish_preliminary_results(path, when=None, s3=None, send=None) -> dict:
+def publish_preliminary_results(path, when=None, s3=None, send=None, public_url=None) -> dict:
     """Publish the validated results and email each team its own; never before the instant.
 
     ``when`` is the instant the run stands for (its logical date): a run before the
-    promised instant (an organizer approving ahead) publishes nothing.
+    promised instant (an organizer approving ahead) publishes nothing. The emails link
+    each track's leaderboard under ``public_url`` (default: the challenge's).
     """
     from mai_ops.publishing.preliminary import publish_preliminary
 
@@ -298,7 +329,7 @@ def publish_preliminary_results(path, when=None, s3=None, send=None) -> dict:
     if when is not None and promised is not None and when < promised:
         return {"published": False, "promised": promised.isoformat()}
     table = publish_preliminary(run.s3, run.challenge)
-    notices = preliminary_results_notices(run.challenge, table, run.teams)
+    notices = preliminary_results_notices(run.challenge, table, run.teams, public_url)
     ranked = sum(len(t["rows"]) for t in table["tracks"].values())
     return {"published": True, "results": ranked} | run.deliver(notices).as_dict()
 

@@ -32,10 +32,6 @@ FAILURE_HTML = (
 )
 
 
-def short_name(challenge: Challenge) -> str:
-    return getattr(challenge, "short_name", None) or challenge.id.upper()
-
-
 def _notifier(challenge: Challenge, subject: str, html: str):
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -51,7 +47,7 @@ def failure_alert(challenge: Challenge) -> dict:
     """``default_args`` entries that email the organizers when a task fails for good."""
     if not challenge.organizers:
         return {}
-    fields = {"short": short_name(challenge), "title": challenge.title}
+    fields = {"short": challenge.short_name, "title": challenge.title}
     subject = FAILURE_SUBJECT.format(**fields)
     return {"on_failure_callback": _notifier(challenge, subject, FAILURE_HTML.format(**fields))}
 
@@ -71,5 +67,5 @@ def approval_request(challenge: Challenge) -> list:
     """Notifiers for the approval step: the organizers hear that it waits for them."""
     if not challenge.organizers:
         return []
-    fields = {"short": short_name(challenge), "title": challenge.title}
+    fields = {"short": challenge.short_name, "title": challenge.title}
     return [_notifier(challenge, APPROVAL_SUBJECT.format(**fields), APPROVAL_HTML.format(**fields))]

@@ -7,11 +7,11 @@ the library stays importable, and DAG files stay fast to parse.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
+from email.utils import parseaddr
 from typing import Any
 
-from mai_ops.notify.ledger import Notice, NoticeRefused
+from mai_ops.notify.ledger import Notice, NoticeRefused, RelayUnavailable
 
 AWS_CONN_ID = "aws_default"
 SMTP_CONN_ID = "smtp_default"
@@ -25,25 +25,52 @@ def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
     return missing_bucket_fails_fast(S3Hook(aws_conn_id=conn_id).get_conn())
 
 
-def smtp_sender(conn_id: str = SMTP_CONN_ID) -> Callable[[Notice], None]:
-    """A ``send(notice)`` that delivers through the SMTP provider's hook.
+def smtp_sender(conn_id: str = SMTP_CONN_ID) -> Callable[[Notice], str]:
+    """A ``send(notice)`` that delivers through the SMTP provider's hook; returns the
+    Message-ID it sent.
+
+    The message is built here (:func:`mai_ops.notify.mime.build_message`): a plain-text
+    and an HTML part, a Message-ID from the notice key, Reply-To the organizers. The
+    hook's ``send_email_smtp`` (provider 2.x/3.x) builds a message with one HTML part
+    only, so the message goes out over the session the hook opens and logs in
+    (``get_conn``: TLS, login or OAuth2 as the connection says), with the connection's
+    ``from_email`` as the sender. One attempt per notice: a failure goes back to the
+    ledger, which decides what a retry sends.
 
     An address the hook cannot carry (a non-ASCII local part: it does not speak
-    SMTPUTF8) raises :class:`NoticeRefused` before the relay is contacted; the hook
-    would otherwise fail mid-transaction and report a misleading error.
+    SMTPUTF8) raises :class:`NoticeRefused` before the relay is contacted. A relay that
+    cannot be reached or refuses our session raises :class:`RelayUnavailable`: nothing
+    was sent.
     """
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    def send(notice: Notice) -> None:
+    from mai_ops.notify.mime import build_message
+
+    def send(notice: Notice) -> str:
         to = ascii_address(notice.to)
-        with SmtpHook(smtp_conn_id=conn_id) as hook:
-            hook.send_email_smtp(
-                to=to,
-                subject=notice.subject,
-                html_content=_as_html(notice.body),
-                mime_subtype="mixed",
-                custom_headers={"X-MAI-Notice": notice.header},
-            )
+        hook = SmtpHook(smtp_conn_id=conn_id)
+        try:
+            try:
+                hook.get_conn()
+            except Exception as exc:
+                raise RelayUnavailable(
+                    f"the mail relay of connection {conn_id!r} cannot be reached or refused "
+                    f"the session: {type(exc).__name__}: {exc}"
+                ) from exc
+            sender = hook.from_email
+            if not sender:
+                raise RelayUnavailable(
+                    f"connection {conn_id!r} names no sender: set from_email in its extra"
+                )
+            client = getattr(hook, "_smtp_client", None)
+            if client is None:
+                raise RelayUnavailable("the SMTP provider's hook opened no session")
+            message = build_message(notice, sender, to=to)
+            client.send_message(message, from_addr=parseaddr(sender)[1], to_addrs=[to])
+            return message["Message-ID"]
+        finally:
+            if getattr(hook, "_smtp_client", None) is not None:
+                hook.__exit__(None, None, None)  # closes the session, as `with hook` does
 
     return send
 
@@ -61,7 +88,3 @@ def ascii_address(address: str) -> str:
     except UnicodeError as exc:
         raise NoticeRefused(f"the address {address!r} has an invalid domain: {exc}") from None
     return f"{local}@{domain}"
-
-
-def _as_html(text: str) -> str:
-    return f'<html><body><pre style="font-family: inherit">{html.escape(text)}</pre></body></html>'

@@ -16,7 +16,7 @@ import yaml
 
 from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
-from mai_ops.dev.embedded import read_outbox
+from mai_ops.dev.embedded import read_outbox, text_part
 from mai_ops.infra.layout import MAX_KEY_BYTES, upload_record_key
 from mai_ops.infra.storage import get_json, list_objects
 from mai_ops.notify.ledger import UndeliveredNotices
@@ -84,7 +84,7 @@ def test_every_name_gets_exactly_one_answer(s3, airflow_connections):
     for mail in mails:
         assert len(mail["X-MAI-Notice"]) <= 120 and mail["X-MAI-Notice"].isascii()
         assert "\r" not in mail["Subject"] and "\n" not in mail["Subject"]
-    bodies = [m.get_body().get_content() for m in mails]
+    bodies = [text_part(m) for m in mails]
     assert any("模型提交.zip" in b for b in bodies)
     assert any("tab\\there\\x01.zip" in b for b in bodies)  # shown, escaped
     assert all(len(k.encode()) <= MAX_KEY_BYTES for k in result_keys(s3))
@@ -124,7 +124,7 @@ def test_cr_lf_in_a_key_cannot_reach_the_headers(s3, airflow_connections):
     (mail,) = read_outbox(airflow_connections.folder)
     assert mail["Bcc"] is None and "\n" not in mail["Subject"] and len(mail["Subject"]) <= 200
     assert mail["X-MAI-Notice"] == notice.header and "~" in notice.key
-    assert "a\\r\\n.zip" in mail.get_body().get_content()
+    assert "a\\r\\n.zip" in text_part(mail)
 
 
 def test_plain_keys_keep_the_notice_keys_already_sent():

@@ -199,6 +199,23 @@ def test_validate_explicit_shipped_files(capsys: pytest.CaptureFixture[str]) -> 
     assert "2 of 2 file(s) valid, 0 error(s), 3 warning(s)" in capsys.readouterr().out
 
 
+def test_short_name_defaults_to_the_id_and_public_url_loses_its_trailing_slash(
+    tmp_path: Path,
+) -> None:
+    assert load_challenge(MAI2021).short_name == "MAI2021"
+    path = write_variant(
+        tmp_path,
+        both(set_("id", "mai2021_rehearsal"), set_("public_url", "https://pub.example/mai2021/")),
+    )
+    challenge = load_challenge(path)
+    assert (challenge.short_name, challenge.public_url) == (
+        "MAI2021 REHEARSAL",
+        "https://pub.example/mai2021",
+    )
+    chosen = load_challenge(write_variant(tmp_path, set_("short_name", "MAI 2021"), "chosen.yaml"))
+    assert chosen.short_name == "MAI 2021"
+
+
 def test_unmodified_round_trip_is_valid(tmp_path: Path) -> None:
     # The harness itself: dumping the parsed file back gives an equally valid file.
     path = write_variant(tmp_path, lambda doc: None)
@@ -474,6 +491,21 @@ BROKEN: list[Any] = [
         set_("buckets.submissions", "My_Bucket"),
         [("buckets.submissions", "'My_Bucket' is not a valid bucket name")],
         id="bad-bucket-name",
+    ),
+    pytest.param(
+        set_("short_name", "Mobile AI 2021 challenge and workshop"),
+        [("short_name", "is not a short name: 1 to 24 letters")],
+        id="short-name-too-long",
+    ),
+    pytest.param(
+        set_("organizers", ["MAI organizers <organizers@mai-challenge.example>"]),
+        [("organizers", "is not a plain email address")],
+        id="organizer-with-display-name",
+    ),
+    pytest.param(
+        set_("public_url", "javascript:alert(1)"),
+        [("public_url", "is not an http(s) URL of the public bucket")],
+        id="public-url-not-http",
     ),
     pytest.param(
         delete("timeline"),

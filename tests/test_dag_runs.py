@@ -61,7 +61,10 @@ def test_release_dag_fails_readably_when_nothing_is_staged(
     # No team hears anything; the organizers get one alert naming the task.
     (alert,) = read_outbox(airflow_connections.folder)
     assert alert["To"] == "organizers@mai-challenge.example"
-    assert alert["Subject"] == "[MAI2021] task failed: mai2021__release_data / publish_release_and_notify"
+    assert (
+        alert["Subject"]
+        == "[MAI2021] task failed: mai2021__release_data / publish_release_and_notify"
+    )
     assert "nothing to release" in alert.get_body().get_content()
 
 

@@ -36,6 +36,7 @@ from mai_ops.submissions.intake import (
     Upload,
     check_submission,
     judge_upload,
+    uploads_left,
 )
 from tests.conftest import MAI2021, PROJECT
 
@@ -253,6 +254,32 @@ def test_total_limit_counts_every_day_and_exactly_at_the_limit_passes():
     with pytest.raises(IntakeError, match="all 100 validation submissions"):
         judge(up(), [past(t, "failed" if i % 2 else "ok") for i, t in enumerate(days)])
     assert judge(up(), [past(t, "rejected" if i % 2 else "ok") for i, t in enumerate(days)])
+
+
+def test_what_a_reply_says_is_left_is_what_the_next_upload_meets():
+    path = parse_upload_key(KEY)
+    three = [past(FEB1 - minutes(m)) for m in range(1, 4)]
+    three += [past(FEB1 - dt.timedelta(days=1)), past(FEB1 - minutes(9), "rejected")]
+    left = uploads_left(up(), path, CHALLENGE, three, counted=True)
+    assert (left["left_today"], left["left_total"]) == (1, 95)  # 5 - 3 - this, 100 - 4 - this
+    assert (left["per_day"], left["total"], left["day"]) == (5, 100, "2021-02-01")
+    assert left["resets_at"] == "2021-02-02T00:00:00+00:00"
+    # A rejected upload, or one that failed on our side, takes nothing.
+    assert uploads_left(up(), path, CHALLENGE, three, counted=False)["left_today"] == 2
+    # The next upload after one with 1 left today passes; the one after that is refused.
+    nxt = up(at=FEB1 + minutes(1))
+    assert judge(nxt, three + [past(FEB1)])
+    assert code_of(up(at=FEB1 + minutes(2)), three + [past(FEB1), past(FEB1 + minutes(1))]) == (
+        "over_daily_limit"
+    )
+    assert (
+        uploads_left(up(), path, CHALLENGE, [past(FEB1 - minutes(m)) for m in range(9)], True)[
+            "left_today"
+        ]
+        == 0
+    )  # never below zero
+    final = parse_upload_key("learned_isp/final/aurora/sub.zip")
+    assert uploads_left(up(), final, CHALLENGE, three, counted=True) is None  # no limits
 
 
 def test_other_teams_tracks_and_phases_do_not_count():

@@ -113,6 +113,11 @@ def test_the_stored_key_strings():
     assert marker.startswith(layout.notice_markers_prefix("mai2021/upload/d/validation/b/a.zip/e1"))
     assert layout.notice_markers_prefix("mai2021/x") == "notifications/mai2021/x/"
     assert layout.parse_notice_marker_key(marker) == "mai2021/upload/d/validation/b/a.zip/e1/ok"
+    assert layout.notice_intent_key("mai2021/reminder/k/borealis") == (
+        "notification-intents/mai2021/reminder/k/borealis.json"
+    )
+    assert not layout.notice_intent_key("mai2021/x").startswith(layout.NOTICE_MARKERS)
+    assert layout.leaderboard_key("final", "depth", "index.html") == "leaderboard/depth/index.html"
     assert (layout.PRELIMINARY_JSON, layout.PRELIMINARY_CSV) == (
         "results/preliminary.json",
         "results/preliminary.csv",

@@ -16,7 +16,7 @@ from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
 from mai_ops.challenge.participants import load_teams, parse_participants
 from mai_ops.challenge.timeline import all_reminders, event_instant
-from mai_ops.dev.embedded import read_outbox
+from mai_ops.dev.embedded import read_outbox, text_part
 from mai_ops.infra.layout import FROZEN_MANIFEST
 from mai_ops.infra.storage import get_json, list_objects
 from mai_ops.publishing.release import ReleaseError
@@ -73,9 +73,7 @@ def test_release_publishes_files_with_checksums_and_emails_every_team(s3, airflo
     mails = read_outbox(airflow_connections.folder)
     assert sorted(m["To"] for m in mails) == sorted(t.email for t in load_teams(CH, MAI2021))
     assert "Train / validation data released" in mails[0]["Subject"]
-    assert "X-Amz-" in mails[0].get_body().get_content() or "Signature=" in (
-        mails[0].get_body().get_content()
-    )
+    assert "X-Amz-" in text_part(mails[0]) or "Signature=" in text_part(mails[0])
     assert len(result["sent"]) == 3
 
 
@@ -140,7 +138,7 @@ def test_receipts_once_per_team(s3, airflow_connections):
     mails = read_outbox(airflow_connections.folder)
     assert sorted(m["To"] for m in mails) == sorted(t.email for t in load_teams(CH, MAI2021))
     aurora = next(m for m in mails if m["To"].startswith("aurora"))
-    assert "NO final submission received" in aurora.get_body().get_content()  # quantized_sr
+    assert "NO final submission received" in text_part(aurora)  # quantized_sr
 
 
 def test_scoring_detects_a_frozen_copy_changed_after_the_freeze(s3, airflow_connections):
@@ -194,7 +192,7 @@ def test_reminders_at_their_instants(s3, airflow_connections):
     assert result["reminders"] == ["final_deadline-7d"]
     subjects = {m["Subject"] for m in read_outbox(airflow_connections.folder)}
     assert subjects == {
-        f"[{CH.title}] Reminder: "
+        f"[{CH.short_name}] Reminder: "
         "Final models / reconstruction results submission deadline in 7 days"
     }
     with pytest.raises(tasks.PhaseError, match="no reminder"):
@@ -339,7 +337,7 @@ def test_a_manual_freeze_before_the_deadline_is_refused_unless_asked_for_early(
     tasks.freeze_final(MAI2021, manual=True, early=True)
     assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST)["early"] is True
     tasks.send_receipts(MAI2021)
-    early = {m["To"]: m.get_body().get_content() for m in read_outbox(airflow_connections.folder)}
+    early = {m["To"]: text_part(m) for m in read_outbox(airflow_connections.folder)}
     assert "froze the final set early" in early["borealis@teams.example"]
     assert "deadline has passed" not in early["borealis@teams.example"]
 
@@ -352,7 +350,7 @@ def test_a_manual_freeze_before_the_deadline_is_refused_unless_asked_for_early(
     tasks.send_receipts(MAI2021)
     mails = read_outbox(airflow_connections.folder)
     final = [m for m in mails[len(early) :] if m["To"] == "aurora@teams.example"]
-    assert len(final) == 1 and "deadline has passed" in final[0].get_body().get_content()
+    assert len(final) == 1 and "deadline has passed" in text_part(final[0])
     # The freeze at the deadline is not provisional: a later early freeze keeps it.
     tasks.freeze_final(MAI2021, manual=True, early=True)
     assert get_json(s3, CH.buckets.results, FROZEN_MANIFEST) == manifest

@@ -209,7 +209,7 @@ def test_an_upload_is_answered_by_email_through_the_queue(stack):
     """
     wait_for_health(stack)
     msg = upload_and_read_reply(stack, "mai2021-submissions", UPLOAD_KEY, "mai2021")
-    body = msg.get_body().get_content()
+    body = msg.get_body(preferencelist=("plain",)).get_content()
     assert msg["To"] == "borealis@teams.example"
     assert "REJECTED" in body and "[late]" in body, body
 
@@ -375,7 +375,7 @@ def deadline_passed_emails(stack) -> list[str]:
     return [
         m["X-MAI-Notice"]
         for m in outbox(stack)
-        if "deadline has passed" in m.get_body().get_content()
+        if "deadline has passed" in m.get_body(preferencelist=("plain",)).get_content()
     ]
 
 
@@ -388,7 +388,7 @@ def test_the_rehearsal_copy_is_open_now(stack):
     wait_for_health(stack)
     key = "depth/validation/borealis/rehearsal.zip"
     msg = upload_and_read_reply(stack, REHEARSAL_BUCKETS["submissions"], key, REHEARSAL)
-    body = msg.get_body().get_content()
+    body = msg.get_body(preferencelist=("plain",)).get_content()
     assert "FAILED the checks" in body and "[late]" not in body, body
     found = wait_for_named_task(stack, f"{REHEARSAL}__validation_uploads", "borealis/")
     assert [(t["task_id"], t["rendered_map_index"], t["state"]) for t in found] == [
@@ -442,7 +442,7 @@ def test_an_early_freeze_is_provisional_and_scoring_skips_broken_models(stack):
     assert receipts, "no receipt"
     for msg in receipts:
         assert msg["X-MAI-Notice"].startswith(f"{REHEARSAL}/final_receipt_early/"), msg
-        body = msg.get_body().get_content()
+        body = msg.get_body(preferencelist=("plain",)).get_content()
         assert "froze the final set early" in body and "deadline has passed" not in body, body
 
     # The frozen set is an asset: scoring runs by itself, one task per submission.

@@ -39,6 +39,13 @@ from mai_ops.models.metrics import MEASUREMENT_VARIABLES, METRICS
 DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64", "bool")
 DELEGATES = ("cpu", "xnnpack", "gpu", "nnapi", "neuron", "npu", "hexagon")
 _ID = r"^[a-z][a-z0-9_]*$"
+# A short name for email subjects: letters, digits, spaces and . _ + & -, at most 24.
+_SHORT_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 ._+&-]{0,22}[A-Za-z0-9.+])?$")
+# One plain ASCII address (no display name): a Reply-To header carries it as it is.
+_ADDRESS = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
+)
+_PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~%/+-]*)?$")
 # S3 bucket naming rules, the subset that matters for a typo.
 _BUCKET = re.compile(r"^(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -233,9 +240,16 @@ class Buckets(_Strict):
 class Challenge(_Strict):
     id: str = Field(pattern=_ID)
     title: str
+    # What email subjects start with, in brackets: ``[MAI2021] ...``. Default: the id
+    # upper-cased, underscores as spaces (``mai2021_rehearsal`` -> ``MAI2021 REHEARSAL``).
+    short_name: str | None = None
     timezone: str = "America/Los_Angeles"
     deadline_time: TimeField = dt.time(17, 0)
+    # The organizers' addresses: every email's Reply-To, so a team's answer reaches them.
     organizers: list[str] = []
+    # Where the public bucket is served (``https://...``, no trailing slash needed):
+    # the results email links each track's leaderboard page under it.
+    public_url: str | None = None
     timeline: list[Event] = Field(min_length=1)
     devices: list[Device] = []
     tracks: list[Track] = []
@@ -252,6 +266,43 @@ class Challenge(_Strict):
     def _known_zone(cls, name: str) -> str:
         zone(name)
         return name
+
+    @field_validator("short_name")
+    @classmethod
+    def _short_name(cls, name: str | None) -> str | None:
+        if name is not None and not _SHORT_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not a short name: 1 to 24 letters, digits, spaces or . _ + & -, "
+                "starting with a letter or digit (it starts every email subject)"
+            )
+        return name
+
+    @field_validator("organizers")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            if len(address) > 254 or not _ADDRESS.match(address):
+                raise ValueError(
+                    f"{address!r} is not a plain email address (name@domain, ASCII, no "
+                    "display name); every email's Reply-To carries it"
+                )
+        return addresses
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, url: str | None) -> str | None:
+        if url is not None and (len(url) > 500 or not _PUBLIC_URL.match(url)):
+            raise ValueError(
+                f"{url[:100]!r} is not an http(s) URL of the public bucket (letters, digits "
+                "and . _ ~ % / + - in its path, no query)"
+            )
+        return url.rstrip("/") if url else url
+
+    @model_validator(mode="after")
+    def _default_short_name(self) -> Challenge:
+        if self.short_name is None:
+            object.__setattr__(self, "short_name", self.id.upper().replace("_", " "))
+        return self
 
     def event(self, name: str) -> Event:
         for event in self.timeline:

@@ -378,6 +378,22 @@ def read_outbox(folder: Path) -> list[EmailMessage]:
     ]
 
 
+def text_part(message: EmailMessage) -> str:
+    """The plain-text part of a stored message, as a team's mail client shows it."""
+    part = message.get_body(preferencelist=("plain",))
+    if part is None:
+        raise ValueError(f"no text/plain part in {message['Subject']!r}")
+    return part.get_content()
+
+
+def html_part(message: EmailMessage) -> str:
+    """The HTML part of a stored message."""
+    part = message.get_body(preferencelist=("html",))
+    if part is None:
+        raise ValueError(f"no text/html part in {message['Subject']!r}")
+    return part.get_content()
+
+
 def connection_env(s3_endpoint: str, smtp_host: str, smtp_port: int) -> dict[str, str]:
     """``AIRFLOW_CONN_*`` variables for the providers' hooks, in Airflow's JSON form."""
     aws = {

@@ -218,11 +218,21 @@ def _safe_segment(text: str) -> str:
 
 
 NOTICE_MARKERS = "notifications/"
+NOTICE_INTENTS = "notification-intents/"
 
 
 def notice_marker_key(notice_key: str) -> str:
-    """The sent-marker of one email, checked before sending so nothing is sent twice."""
+    """The sent-marker of one email (the send's result), written once the relay took it."""
     return f"{NOTICE_MARKERS}{notice_key}.json"
+
+
+def notice_intent_key(notice_key: str) -> str:
+    """The intent of one email, written before each try to send it.
+
+    An intent without a sent-marker is an email that may have gone out: a crash, or a
+    storage failure, came between the send and the marker.
+    """
+    return f"{NOTICE_INTENTS}{notice_key}.json"
 
 
 def notice_markers_prefix(notice_prefix: str) -> str:

@@ -2,30 +2,68 @@
 
 Each takes plain data (the challenge, teams, a stored record or manifest) and returns
 :class:`~mai_ops.notify.ledger.Notice` objects; the ledger sends each at most once.
-The notice key says what the email is about, never when it was sent.
+The notice key says what the email is about, never when it was sent. This module
+gathers what each email says; the wording is in the templates
+(``include/templates/email/<kind>.txt`` and ``.html``, :mod:`mai_ops.notify.render`).
 
 - :func:`event_notices`: an event happened (validation server online, workshop).
 - :func:`reminder_notices`: an event is some days away.
 - :func:`release_notices`: data released, with download links.
-- :func:`upload_reply`: the verdict on one validation upload, or the acknowledgement
-  and pre-check of one final upload.
+- :func:`upload_reply`: the verdict on one validation upload (``validation``, or
+  ``rejection`` when the upload rules refused it), or the acknowledgement and pre-check
+  of one final upload (``final_upload``, or ``rejection``).
 - :func:`receipt_notices`: what was frozen for scoring at the final deadline.
 - :func:`preliminary_results_notices`: the team's preliminary results.
+
+Whatever a participant controls (team names, file names, messages) reaches the
+templates as one clean line (:func:`~mai_ops.notify.ledger.one_line`) or, for keys and
+file names, with its control characters spelled out (:func:`shown_key`); the HTML part
+escapes it on top.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
-from mai_ops.challenge.config import Challenge, Event
+from mai_ops.challenge.config import Challenge, Event, Phase, Track
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import Reminder, event_instant
 from mai_ops.errors import CODES
-from mai_ops.infra.layout import final_upload_team, version_digest
-from mai_ops.notify.ledger import Notice
+from mai_ops.infra.layout import (
+    FINAL_PHASE,
+    final_upload_team,
+    leaderboard_key,
+    version_digest,
+)
+from mai_ops.notify.ledger import Notice, one_line
+from mai_ops.notify.render import render
 from mai_ops.submissions.evaluation import retryable, runtime_ms
 from mai_ops.submissions.intake import final_deadline, utc_and_local
+
+MAX_NAME_CHARS = 100  # a team name as the emails show it
+MAX_MESSAGE_CHARS = 600  # one error message or note
+
+
+def _notice(kind: str, key: str, challenge: Challenge, team: Team, **context: Any) -> Notice:
+    """The notice of ``kind`` for ``team``, rendered from its templates."""
+    common = {
+        "short_name": challenge.short_name,
+        "challenge_title": one_line(challenge.title),
+        "team_name": one_line(team.name, MAX_NAME_CHARS) or team.team_id,
+        "team_id": team.team_id,
+        "organizers": list(challenge.organizers),
+    }
+    subject, text, html = render(kind, common | context)
+    return Notice(
+        key=key,
+        to=team.email,
+        subject=subject,
+        text=text,
+        html=html,
+        reply_to=tuple(challenge.organizers),
+    )
 
 
 def _when(challenge: Challenge, event: Event) -> str:
@@ -35,16 +73,44 @@ def _when(challenge: Challenge, event: Event) -> str:
     return instant.strftime("%A %d %B %Y, %H:%M %Z") + f" ({instant.astimezone(dt.UTC):%H:%M} UTC)"
 
 
+def team_tracks(challenge: Challenge, team: Team) -> list[Track]:
+    """The tracks ``team`` registered for (every track when its list names none)."""
+    return [t for t in challenge.tracks if not team.tracks or t.id in team.tracks]
+
+
+def _tracks(challenge: Challenge, team: Team, phase: str) -> list[dict]:
+    """The team's tracks with the folder it uploads to in ``phase`` and the limits."""
+    return [
+        {
+            "id": t.id,
+            "title": t.title,
+            "folder": f"{t.id}/{phase}/{team.team_id}/",
+            "per_day": t.limits.per_day,
+            "total": t.limits.total,
+        }
+        for t in team_tracks(challenge, team)
+    ]
+
+
 def event_notices(
     challenge: Challenge, events: list[Event], teams: list[Team], kind: str
 ) -> list[Notice]:
-    """One email per team and event, announcing that the event has happened."""
+    """One email per team and event, announcing that the event has happened.
+
+    The validation server's opening also tells each team where to upload, per track it
+    registered for, and its limits.
+    """
     return [
-        Notice(
-            key=f"{challenge.id}/{kind}/{event.name}/{team.team_id}",
-            to=team.email,
-            subject=f"[{challenge.title}] {event.title}",
-            body=f"Dear {team.name},\n\n{event.title}: {_when(challenge, event)}.\n",
+        _notice(
+            "event",
+            f"{challenge.id}/{kind}/{event.name}/{team.team_id}",
+            challenge,
+            team,
+            event_title=one_line(event.title),
+            when=_when(challenge, event),
+            group=event.group,
+            validation_server=event.phase == Phase.VALIDATION_SERVER,
+            tracks=_tracks(challenge, team, "validation"),
         )
         for event in events
         for team in teams
@@ -54,85 +120,158 @@ def event_notices(
 def reminder_notices(
     challenge: Challenge, reminders: list[Reminder], teams: list[Team]
 ) -> list[Notice]:
+    """One email per team and reminder; the final deadline's names each final folder."""
     notices = []
     for reminder in reminders:
         event = challenge.event(reminder.event)
-        days = "1 day" if reminder.days_before == 1 else f"{reminder.days_before} days"
         for team in teams:
             notices.append(
-                Notice(
-                    key=f"{challenge.id}/reminder/{reminder.key}/{team.team_id}",
-                    to=team.email,
-                    subject=f"[{challenge.title}] Reminder: {event.title} in {days}",
-                    body=(
-                        f"Dear {team.name},\n\n{event.title} is in {days}: "
-                        f"{_when(challenge, event)}.\n"
-                    ),
+                _notice(
+                    "reminder",
+                    f"{challenge.id}/reminder/{reminder.key}/{team.team_id}",
+                    challenge,
+                    team,
+                    event_title=one_line(event.title),
+                    days=reminder.days_before,
+                    when=_when(challenge, event),
+                    final=event.phase == Phase.FINAL_COLLECTION,
+                    tracks=_tracks(challenge, team, "final"),
                 )
             )
     return notices
 
 
+def release_file_track(name: str, track_ids: list[str]) -> str | None:
+    """The track a released file belongs to, from its path within the release.
+
+    ``<track>/...`` or a top-level ``<track>.<ext>`` is that track's, and so is
+    ``test/<track>/...`` (the hidden test inputs); any other file is for every team.
+    """
+    parts = name.split("/")
+    if len(parts) > 2 and parts[0] == "test" and parts[1] in track_ids:
+        return parts[1]
+    first = parts[0] if len(parts) > 1 else parts[0].split(".", 1)[0]
+    return first if first in track_ids else None
+
+
 def release_notices(
-    challenge: Challenge, event: Event, links: list[dict], teams: list[Team], link_ttl_s: int
+    challenge: Challenge,
+    event: Event,
+    links: list[dict],
+    teams: list[Team],
+    link_ttl_s: int,
+    now: dt.datetime | None = None,
 ) -> list[Notice]:
     """One email per team with the released files' links (valid ``link_ttl_s`` seconds).
 
     ``links``: name, size, sha256 and url of each file
-    (:func:`mai_ops.publishing.release.download_links`).
+    (:func:`mai_ops.publishing.release.download_links`, signed at ``now``). A team gets
+    the files of the tracks it registered for and the files of no track
+    (:func:`release_file_track`).
     """
-    lines = [
-        f"- {f['name']} ({f['size']} bytes)\n  sha256 {f['sha256']}\n  {f['url']}" for f in links
-    ]
-    days = link_ttl_s / 86400
-    body_files = "\n".join(lines)
-    return [
-        Notice(
-            key=f"{challenge.id}/release/{event.name}/{team.team_id}",
-            to=team.email,
-            subject=f"[{challenge.title}] {event.title}",
-            body=(
-                f"Dear {team.name},\n\n{event.title}. Download links (valid {days:g} days):\n\n"
-                f"{body_files}\n\nCheck each file against its sha256 before use.\n"
-            ),
+    now = now or dt.datetime.now(dt.UTC)
+    expires = utc_and_local(now + dt.timedelta(seconds=link_ttl_s), challenge)
+    track_ids = [t.id for t in challenge.tracks]
+    notices = []
+    for team in teams:
+        mine = {t.id for t in team_tracks(challenge, team)}
+        files = [
+            {
+                "name": shown_key(f["name"]),
+                "track": release_file_track(f["name"], track_ids),
+                "size": f["size"],
+                "sha256": f["sha256"],
+                "url": f["url"],
+            }
+            for f in links
+            if release_file_track(f["name"], track_ids) in mine | {None}
+        ]
+        notices.append(
+            _notice(
+                "release",
+                f"{challenge.id}/release/{event.name}/{team.team_id}",
+                challenge,
+                team,
+                event_title=one_line(event.title),
+                files=files,
+                expires=expires,
+                valid_days=f"{link_ttl_s / 86400:g}",
+                tracks=sorted(mine),
+            )
         )
-        for team in teams
-    ]
+    return notices
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f} ms"
+def _runtime(challenge: Challenge, rt: dict | None) -> dict | None:
+    """A stored runtime as the emails show it, with the device's full name."""
+    if not rt:
+        return None
+    try:
+        title = challenge.device(rt["device"]).title
+    except KeyError:
+        title = ""
+    return {
+        "device": rt["device"],
+        "device_title": one_line(title),
+        "ms": runtime_ms(rt),
+        "statistic": "median" if rt.get("median_ms") is not None else "mean",
+        "avg_ms": rt.get("avg_ms"),
+        "std_ms": rt.get("std_ms"),
+        "count": rt.get("count"),
+        "init_ms": rt.get("init_ms"),
+        "peak_rss_mb": rt.get("peak_rss_mb"),
+    }
 
 
-def runtime_line(rt: dict) -> str:
-    parts = [f"Runtime on {rt['device']}: {_ms(runtime_ms(rt))}"]
-    parts.append(f"(mean {_ms(rt.get('avg_ms'))}, std {_ms(rt.get('std_ms'))}, {rt['count']} runs")
-    if rt.get("init_ms") is not None:
-        parts.append(f"init {_ms(rt['init_ms'])}")
-    if rt.get("peak_rss_mb") is not None:
-        parts.append(f"peak memory {rt['peak_rss_mb']:.0f} MiB")
-    return " ".join(parts[:2]) + (", " + ", ".join(parts[2:]) if parts[2:] else "") + ")"
-
-
-def _model_lines(checks: dict) -> list[str]:
+def _checks(checks: dict | None) -> dict:
     """What the model is and what the archive held, as the checks saw it."""
-    lines = []
+    checks = checks or {}
     model = checks.get("model") or {}
+    tensors = []
     for kind in ("inputs", "outputs"):
         for i, t in enumerate(model.get(kind) or []):
             q = t.get("quantization") or {}
-            quant = (
-                f", scale {q['scale']:.6g}, zero point {q['zero_point']}" if q.get("scale") else ""
+            tensors.append(
+                {
+                    "kind": kind[:-1],
+                    "index": i,
+                    "shape": str(t.get("shape")),
+                    "dtype": str(t.get("dtype")),
+                    "scale": f"{q['scale']:.6g}" if q.get("scale") else None,
+                    "zero_point": q.get("zero_point") if q.get("scale") else None,
+                }
             )
-            lines.append(f"{kind[:-1]} {i}: {t.get('shape')} {t.get('dtype')}{quant}")
-    if model.get("ops"):
-        lines.append(f"ops: {', '.join(model['ops'])}")
-    if checks.get("converted_from"):
-        lines.append(f"converted for you from: {checks['converted_from']}")
-    if checks.get("files"):
-        lines.append(f"files: {', '.join(checks['files'][:20])}")
-    lines += [f"Note: {w}" for w in checks.get("warnings") or []]
-    return lines
+    files = checks.get("files") or []
+    return {
+        "tensors": tensors,
+        "ops": [one_line(op, 80) for op in model.get("ops") or []],
+        "converted_from": shown_key(checks["converted_from"])
+        if checks.get("converted_from")
+        else None,
+        "files": [shown_key(f, 120) for f in files[:20]],
+        "more_files": max(0, len(files) - 20),
+        "factsheet": shown_key(checks["factsheet"]) if checks.get("factsheet") else None,
+        "warnings": [one_line(w, MAX_MESSAGE_CHARS) for w in checks.get("warnings") or []],
+    }
+
+
+def _errors(errors: list[dict]) -> list[dict]:
+    """Each error with its code, the registry's meaning and the (cleaned) message."""
+    return [
+        {
+            "code": e.get("code") or "?",
+            "meaning": CODES[e["code"]].meaning if e.get("code") in CODES else "",
+            "message": one_line(e.get("message") or "", MAX_MESSAGE_CHARS),
+        }
+        for e in errors
+    ]
+
+
+def _quota(challenge: Challenge, quota: dict | None) -> dict | None:
+    if not quota:
+        return None
+    reset = dt.datetime.fromisoformat(quota["resets_at"])
+    return quota | {"resets": utc_and_local(reset, challenge)}
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9._/-]{1,200}")
@@ -172,103 +311,64 @@ def shown_key(key: str | None, limit: int = 300) -> str:
 def upload_reply(challenge: Challenge, team: Team, record: dict) -> Notice:
     """The email a team gets for one upload: the verdict, the reasons, the numbers.
 
-    A final-phase upload's record (``precheck``) gets the acknowledgement of
-    :func:`_precheck_reply` instead: received, pre-checked, what the freeze will take.
+    A refused upload (``rejected``) gets the ``rejection`` email: the rule, what it
+    means and what to do. A final-phase upload's record (``precheck``) gets the
+    ``final_upload`` acknowledgement: received, pre-checked, what the freeze will take.
+    Any other upload gets the ``validation`` reply: checks, runtime, metrics, score and
+    the uploads left.
     """
-    if record.get("precheck"):
-        subject, lines = _precheck_reply(challenge, team, record)
+    key = record["key"]
+    track = record.get("track")
+    try:
+        track_title = challenge.track(track).title if track else ""
+    except KeyError:
+        track_title = ""
+    context = {
+        "upload": shown_key(key),
+        "file": shown_key(key.rsplit("/", 1)[-1], 60),
+        "track": shown_key(track, 60) if track else "",
+        "track_title": one_line(track_title),
+        "received": utc_and_local(dt.datetime.fromisoformat(record["uploaded_at"]), challenge),
+        "sha256": record.get("sha256"),
+        "status": record["status"],
+        "errors": _errors(record.get("errors") or []),
+        "checks": _checks(record.get("checks")),
+        "notes": [one_line(n, MAX_MESSAGE_CHARS) for n in record.get("notes") or []],
+        "final": bool(record.get("precheck")),
+        "quota": _quota(challenge, record.get("quota")),
+    }
+    if record["status"] == "rejected":
+        kind = "rejection"
+    elif record.get("precheck"):
+        kind = "final_upload"
     else:
-        subject, lines = _validation_reply(team, record)
+        kind = "validation"
+    if record.get("precheck"):
+        context |= _freeze(challenge, record)
+    else:
+        context |= {
+            "runtime": _runtime(challenge, record.get("runtime")),
+            "metrics": [
+                {"name": name, "value": value}
+                for name, value in (record.get("metrics") or {}).items()
+            ],
+            "score": record.get("score"),
+            "ours": retryable(record),
+        }
     # One email per outcome of one stored version: a re-run with the same outcome
     # sends nothing, a cleared task that now succeeds tells the team.
-    prefix = upload_notice_prefix(challenge.id, record["key"], record["etag"])
-    return Notice(
-        key=f"{prefix}/{record['status']}",
-        to=team.email,
-        subject=f"[{challenge.title}] {shown_key(record['track'], 60)}: {subject}",
-        body="\n".join(lines) + "\n",
-    )
+    prefix = upload_notice_prefix(challenge.id, key, record["etag"])
+    return _notice(kind, f"{prefix}/{record['status']}", challenge, team, **context)
 
 
-def _validation_reply(team: Team, record: dict) -> tuple[str, list[str]]:
-    lines = [f"Dear {team.name},", "", f"Your upload {shown_key(record['key'])}"]
-    digest = f", sha256 {record['sha256'][:16]}…" if record.get("sha256") else ""
-    lines.append(f"(received by the server at {record['uploaded_at']}{digest})")
-    status = {"ok": "was ACCEPTED", "failed": "FAILED the checks", "rejected": "was REJECTED"}
-    lines += ["", f"{status[record['status']]}.", ""]
-    for error in record["errors"]:
-        lines.append(f"- [{error['code']}] {error['message']}")
-    lines += _model_lines(record.get("checks") or {})
-    if record.get("runtime"):
-        lines.append(runtime_line(record["runtime"]))
-    for name, value in (record.get("metrics") or {}).items():
-        lines.append(f"{name}: {value:.4f}")
-    if record.get("score") is not None:
-        lines.append(f"Score: {record['score']:.6g}")
-    for note in record.get("notes", []):
-        lines.append(f"Note: {note}")
-    if record["status"] == "rejected":
-        lines += ["", "Rejected uploads do not count towards your limits."]
-    elif record["status"] == "failed" and retryable(record):
-        lines += ["", "This failure is on our side: it does not count towards your limits."]
-    elif record["status"] == "failed":
-        lines += ["", "This upload was checked: it counts towards your limits, like a passed one."]
-    return f"upload {record['status']}", lines
-
-
-_PRECHECK = {  # status: (subject, verdict)
-    "ok": (
-        "final submission received, pre-check passed",
-        "Pre-check PASSED: the archive and the model pass the same checks as a "
-        "validation upload. Final submissions are not benchmarked or scored now: that "
-        "happens after the deadline, on the frozen set.",
-    ),
-    "failed": (
-        "final submission received, pre-check FAILED",
-        "Pre-check FAILED: as it is, this submission would fail at scoring. Fix the "
-        "problems below and upload again before the deadline:",
-    ),
-    "rejected": (
-        "final submission REJECTED",
-        "REJECTED by the upload rules:",
-    ),
-}
-
-
-def _precheck_reply(challenge: Challenge, team: Team, record: dict) -> tuple[str, list[str]]:
-    """Final submission received (server time, sha256), the pre-check, and the freeze."""
-    received = utc_and_local(dt.datetime.fromisoformat(record["uploaded_at"]), challenge)
-    lines = [
-        f"Dear {team.name},",
-        "",
-        f"Your final submission {shown_key(record['key'])}",
-        f"was received by the server at {received}",
-    ]
-    if record.get("sha256"):
-        lines.append(f"with sha256 {record['sha256']}")
-    subject, verdict = _PRECHECK[record["status"]]
-    lines += ["", verdict, ""]
-    for error in record["errors"]:
-        lines.append(f"- [{error['code']}] {error['message']}")
-    lines += _model_lines(record.get("checks") or {})
-    for note in record.get("notes", []):
-        lines.append(f"Note: {note}")
+def _freeze(challenge: Challenge, record: dict) -> dict:
+    """What a final upload's reply says about the freeze: when, which folder, late."""
     deadline = final_deadline(challenge)
-    if deadline is None:
-        when = "the final deadline (its date is not fixed yet)"
-    else:
-        when = f"the deadline, {utc_and_local(deadline, challenge)}"
-    folder = shown_key("/".join(record["key"].split("/")[:3]) + "/")
-    lines += [""]
-    if any(e["code"] == "late" for e in record["errors"]):
-        lines += ["This upload arrived after the deadline: it is not part of the final set."]
-    lines += [
-        f"The final set is frozen at {when}. The LAST upload to {folder} that the server "
-        "received by then is the one scored, whatever its pre-check says.",
-        "There is no limit on final uploads: you may upload as often as you like until "
-        "the deadline; each one is acknowledged like this.",
-    ]
-    return subject, lines
+    return {
+        "deadline": utc_and_local(deadline, challenge) if deadline else None,
+        "folder": shown_key("/".join(record["key"].split("/")[:3]) + "/"),
+        "late": any(e.get("code") == "late" for e in record.get("errors") or []),
+    }
 
 
 def receipt_notice_key(challenge_id: str, team_id: str, early: bool = False) -> str:
@@ -284,40 +384,34 @@ def _refused_team(refusal: dict) -> str | None:
     return final_upload_team(refusal["key"])  # a manifest written before teams were named
 
 
-def _frozen_line(challenge: Challenge, frozen: dict) -> str:
-    """What was frozen for one track: the upload, when the server received it, its sha256."""
-    line = f"- {frozen['track']}: {shown_key(frozen['source'])}"
-    if frozen.get("uploaded_at"):
-        received = utc_and_local(dt.datetime.fromisoformat(frozen["uploaded_at"]), challenge)
-        line += f", received by the server at {received},"
-    return f"{line} sha256 {frozen['sha256']}"
-
-
-def _refused_line(refusal: dict) -> str:
-    code = f" [{refusal['code']}]" if refusal.get("code") else ""
-    return f"- NOT accepted{code}: {shown_key(refusal['key'])}: {refusal['reason']}"
+def _event_when(challenge: Challenge, name: str) -> str | None:
+    try:
+        event = challenge.event(name)
+    except KeyError:
+        return None
+    return _when(challenge, event)
 
 
 def receipt_notices(
-    challenge: Challenge, manifest: dict, teams: list[Team], early: bool = False
+    challenge: Challenge,
+    manifest: dict,
+    teams: list[Team],
+    early: bool = False,
+    factsheets: dict[tuple[str, str], str | None] | None = None,
 ) -> list[Notice]:
     """A receipt per team: what was frozen (when received, with its sha256), what is
     missing, and each refused upload of that team's own (by the team folder of its key,
     exactly), with its code and reason.
 
+    ``factsheets``: for a frozen upload's ``(source, etag)``, the fact sheet its
+    pre-check found (None: none in the archive); an upload not in it was not
+    pre-checked, and the receipt says nothing about its fact sheet.
+
     After an ``early`` freeze the receipt says so, under its own key, so the receipt of
     the freeze at the deadline is still sent.
     """
-    if early:
-        deadline = event_instant(challenge, challenge.event("final_deadline"))
-        opening = (
-            "The organizers froze the final set early, before the final submission "
-            f"deadline ({deadline:%Y-%m-%d %H:%M %Z}). The deadline still holds: the set is "
-            "frozen again at the deadline with your latest upload by then, and you will "
-            "get a new receipt. Frozen for scoring now:"
-        )
-    else:
-        opening = "The final submission deadline has passed. Frozen for scoring:"
+    factsheets = factsheets or {}
+    deadline = final_deadline(challenge)
     notices = []
     for team in teams:
         mine = [f for f in manifest["frozen"] if f["team"] == team.team_id]
@@ -325,15 +419,46 @@ def receipt_notices(
         refused = [r for r in manifest["rejected"] if _refused_team(r) == team.team_id]
         if not mine and not gaps and not refused:
             continue
-        lines = [_frozen_line(challenge, f) for f in mine]
-        lines += [f"- {track}: NO final submission received" for track in gaps]
-        lines += [_refused_line(r) for r in refused]
+        frozen = []
+        for f in mine:
+            received = f.get("uploaded_at")
+            known = (f["source"], f.get("etag")) in factsheets
+            frozen.append(
+                {
+                    "track": f["track"],
+                    "source": shown_key(f["source"]),
+                    "received": (
+                        utc_and_local(dt.datetime.fromisoformat(received), challenge)
+                        if received
+                        else None
+                    ),
+                    "sha256": f["sha256"],
+                    "factsheet_checked": known,
+                    "factsheet": (
+                        shown_key(factsheets[(f["source"], f.get("etag"))] or "") if known else ""
+                    ),
+                }
+            )
         notices.append(
-            Notice(
-                key=receipt_notice_key(challenge.id, team.team_id, early),
-                to=team.email,
-                subject=f"[{challenge.title}] Final submission receipt",
-                body=f"Dear {team.name},\n\n{opening}\n\n" + "\n".join(lines) + "\n",
+            _notice(
+                "receipt",
+                receipt_notice_key(challenge.id, team.team_id, early),
+                challenge,
+                team,
+                early=early,
+                deadline=utc_and_local(deadline, challenge) if deadline else None,
+                frozen=frozen,
+                missing=gaps,
+                refused=[
+                    {
+                        "key": shown_key(r["key"]),
+                        "code": r.get("code") or "",
+                        "meaning": CODES[r["code"]].meaning if r.get("code") in CODES else "",
+                        "reason": one_line(r.get("reason") or "", MAX_MESSAGE_CHARS),
+                    }
+                    for r in refused
+                ],
+                factsheet_deadline=_event_when(challenge, "factsheet_deadline"),
             )
         )
     return notices
@@ -343,40 +468,72 @@ def preliminary_results_notice_key(challenge_id: str, team_id: str) -> str:
     return f"{challenge_id}/preliminary_results/{team_id}"
 
 
+def leaderboard_url(public_url: str | None, track_id: str) -> str | None:
+    """The public leaderboard page of a track, or None without a public URL."""
+    if not public_url:
+        return None
+    return f"{public_url.rstrip('/')}/{leaderboard_key(FINAL_PHASE, track_id, 'index.html')}"
+
+
 def preliminary_results_notices(
-    challenge: Challenge, table: dict, teams: list[Team]
+    challenge: Challenge, table: dict, teams: list[Team], public_url: str | None = None
 ) -> list[Notice]:
-    """Each team with a result hears, per track, its rank of N, metrics, runtime, score."""
+    """Each team with a result hears, per track: its rank of N, the metrics, the runtime
+    with its device, the score and any flag; a failed submission its error code and
+    what it means; and the link to the track's public leaderboard (``public_url``, else
+    the challenge's ``public_url``; none without either).
+    """
+    public_url = public_url or challenge.public_url
     notices = []
-    for t in teams:
-        lines = [
-            _result_line(track_id, ranked, row)
+    for team in teams:
+        rows = [
+            _result(challenge, track_id, ranked, row, public_url)
             for track_id, ranked in table["tracks"].items()
             for row in ranked["rows"]
-            if row["team"] == t.team_id
+            if row["team"] == team.team_id
         ]
-        if not lines:
+        if not rows:
             continue
         notices.append(
-            Notice(
-                key=preliminary_results_notice_key(challenge.id, t.team_id),
-                to=t.email,
-                subject=f"[{challenge.title}] Preliminary test results",
-                body=f"Dear {t.name},\n\nYour preliminary results:\n\n" + "\n".join(lines) + "\n",
+            _notice(
+                "results",
+                preliminary_results_notice_key(challenge.id, team.team_id),
+                challenge,
+                team,
+                rows=rows,
             )
         )
     return notices
 
 
-def _result_line(track_id: str, ranked: dict, row: dict) -> str:
-    flags = f" (flagged: {', '.join(row['flags'])})" if row.get("flags") else ""
-    if row["rank"] is None:
-        why = f"{row['error']}: {CODES[row['error']].meaning}" if row.get("error") in CODES else ""
-        return f"- {track_id}: not ranked ({row['status']}{'; ' + why if why else ''}){flags}"
-    ranked_count = sum(1 for r in ranked["rows"] if r["rank"] is not None)
-    metrics = ", ".join(f"{m} {row[m]:.4g}" for m in ranked["metrics"] if row.get(m) is not None)
-    runtime = f"{row['runtime_ms']:.4g} ms on {row['device']}" if row.get("runtime_ms") else ""
-    return (
-        f"- {track_id}: rank {row['rank']} of {ranked_count}; score {row['score']:.6g}; "
-        f"{metrics}; runtime {runtime}{flags}"
-    )
+def _result(
+    challenge: Challenge, track_id: str, ranked: dict, row: dict, public_url: str | None
+) -> dict:
+    try:
+        track = challenge.track(track_id)
+        title, min_psnr = track.title, track.fidelity.reproduce_min_psnr
+    except KeyError:
+        title, min_psnr = "", None
+    device = row.get("device") or ranked.get("device")
+    try:
+        device_title = challenge.device(device).title if device else ""
+    except KeyError:
+        device_title = ""
+    error = row.get("error")
+    return {
+        "track": track_id,
+        "track_title": one_line(title),
+        "rank": row["rank"],
+        "of": sum(1 for r in ranked["rows"] if r["rank"] is not None),
+        "status": row["status"],
+        "score": row.get("score"),
+        "metrics": [{"name": m, "value": row.get(m)} for m in ranked["metrics"]],
+        "runtime_ms": row.get("runtime_ms"),
+        "device": device or "",
+        "device_title": one_line(device_title),
+        "flags": list(row.get("flags") or []),
+        "min_psnr": min_psnr,
+        "error": error or "",
+        "error_meaning": CODES[error].meaning if error in CODES else "",
+        "leaderboard": leaderboard_url(public_url, track_id),
+    }

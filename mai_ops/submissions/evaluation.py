@@ -87,6 +87,9 @@ class Evaluation:
     # A final-phase upload answered on arrival: intake rules and the checks only. Its
     # ``status`` then reads as the pre-check's (``precheck_status`` in the record).
     precheck: bool = False
+    # A validation upload's limits once it is judged (``intake.uploads_left``): what
+    # the team has left today and in total; None when no limit applies.
+    quota: dict[str, Any] | None = None
 
     def fail(self, *errors: StageError) -> None:
         """Record why the submission stopped: rejected by an intake rule, or failed."""

@@ -214,18 +214,7 @@ def judge_upload(
     if path.phase == FINAL_PHASE:
         return path  # no duplicates, no limits: the last final upload in time is scored
 
-    order = (at, upload.key)
-    earlier = sorted(
-        (
-            h
-            for h in history
-            if h.team == path.team
-            and h.track == path.track
-            and h.phase == path.phase
-            and (_utc(h.uploaded_at), h.key) < order
-        ),
-        key=lambda h: (_utc(h.uploaded_at), h.key),
-    )
+    earlier = _earlier(upload, path, history)
     digest = upload.sha256.strip().lower()
     same = [
         h
@@ -243,7 +232,7 @@ def judge_upload(
             "before uploading it again",
         )
 
-    counted = [h for h in earlier if h.status == "ok" or (h.status == "failed" and not h.ours)]
+    counted = _counted(earlier)
     limits = track.limits
     if len(counted) >= limits.total:
         raise refuse(
@@ -264,6 +253,64 @@ def judge_upload(
             f"at {utc_and_local(reset, challenge)}",
         )
     return path
+
+
+def _earlier(upload: Upload, path: UploadKey, history: list[PastUpload]) -> list[PastUpload]:
+    """The team's uploads to the same track and phase before ``upload``, oldest first."""
+    order = (_utc(upload.uploaded_at), upload.key)
+    return sorted(
+        (
+            h
+            for h in history
+            if h.team == path.team
+            and h.track == path.track
+            and h.phase == path.phase
+            and (_utc(h.uploaded_at), h.key) < order
+        ),
+        key=lambda h: (_utc(h.uploaded_at), h.key),
+    )
+
+
+def _counted(uploads: list[PastUpload]) -> list[PastUpload]:
+    """The uploads the limits count: checked ones, passed or failed for the team's reason."""
+    return [h for h in uploads if h.status == "ok" or (h.status == "failed" and not h.ours)]
+
+
+def uploads_left(
+    upload: Upload,
+    path: UploadKey,
+    challenge: Challenge,
+    history: list[PastUpload],
+    counted: bool,
+) -> dict[str, Any] | None:
+    """What the team has left of its validation limits once ``upload`` is judged.
+
+    ``counted``: this upload counts itself (checked, passed or failed for the team's
+    reason). The same count as the rules', so what a reply says is what the next
+    upload meets: ``{"per_day", "total", "left_today", "left_total", "day",
+    "resets_at"}`` (the UTC day of the upload and the instant the daily count
+    restarts). None for a final-phase upload or a track the challenge does not have:
+    no limits apply.
+    """
+    if path.phase == FINAL_PHASE:
+        return None
+    try:
+        limits = challenge.track(path.track).limits
+    except KeyError:
+        return None
+    used = _counted(_earlier(upload, path, history))
+    day = _utc(upload.uploaded_at).date()
+    today = [h for h in used if _utc(h.uploaded_at).date() == day]
+    this = 1 if counted else 0
+    reset = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=dt.UTC)
+    return {
+        "per_day": limits.per_day,
+        "total": limits.total,
+        "left_today": max(0, limits.per_day - len(today) - this),
+        "left_total": max(0, limits.total - len(used) - this),
+        "day": day.isoformat(),
+        "resets_at": reset.isoformat(),
+    }
 
 
 def _utc(instant: dt.datetime) -> dt.datetime:

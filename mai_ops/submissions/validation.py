@@ -50,6 +50,8 @@ from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
 # owner's (``<track>/<phase>/<team>``), taken round-robin; the next run takes the rest.
 MAX_PER_RUN = 200
 MAX_PER_OWNER = 5
+# Refusals of a registered team's upload to its own track: the reply says what is left.
+QUOTA_SHOWN = frozenset({"not_zip_name", "duplicate", "over_total_limit", "over_daily_limit"})
 
 
 def _recorded(s3: Any, challenge: Challenge) -> set[str]:
@@ -214,7 +216,13 @@ def _process_version(
 ) -> dict:
     """:func:`process_upload` for the version ``head`` describes."""
     from mai_ops.models.fidelity import load_data_set
-    from mai_ops.submissions.intake import IntakeError, Upload, judge_upload, oversize
+    from mai_ops.submissions.intake import (
+        IntakeError,
+        Upload,
+        judge_upload,
+        oversize,
+        uploads_left,
+    )
 
     results = challenge.buckets.results
     etag = head["ETag"].strip('"')
@@ -243,10 +251,13 @@ def _process_version(
         _download_version(s3, challenge.buckets.submissions, key, head, archive)
         record.sha256 = sha256_of_file(archive)
         upload = Upload(key=key, size=record.size, uploaded_at=uploaded_at, sha256=record.sha256)
+        history = _history(s3, challenge, key, etag)
         try:
-            path = judge_upload(upload, challenge, teams, _history(s3, challenge, key, etag))
+            path = judge_upload(upload, challenge, teams, history)
         except IntakeError as exc:
             record.fail(exc)
+            if exc.path is not None and exc.code in QUOTA_SHOWN:
+                record.quota = uploads_left(upload, exc.path, challenge, history, counted=False)
         else:
             record.track, record.phase, record.team = path.track, path.phase, path.team
             track = challenge.track(path.track)
@@ -262,6 +273,10 @@ def _process_version(
                 fidelity_data=data,
                 checks_only=record.precheck,
             )
+            counted = record.status == "ok" or (
+                record.status == "failed" and not retryable(record.as_json())
+            )
+            record.quota = uploads_left(upload, path, challenge, history, counted)
     return _store(s3, results, record, teams, rejudged)
 
 
