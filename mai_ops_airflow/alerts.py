@@ -17,6 +17,8 @@ by its definition instead of its id).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mai_ops.challenge.config import Challenge
 from mai_ops_airflow.hooks import SMTP_CONN_ID
 
@@ -43,13 +45,30 @@ def _notifier(challenge: Challenge, subject: str, html: str):
     )
 
 
+@dataclass(frozen=True)
+class FreshNotifier:
+    """A notifier built anew for every call.
+
+    A notifier renders its templates into its own fields; one instance shared by every
+    task of a DAG (``default_args``) would mail the first failure's subject for all the
+    failures that follow in the same process.
+    """
+
+    challenge: Challenge
+    subject: str
+    html: str
+
+    def __call__(self, context) -> None:
+        _notifier(self.challenge, self.subject, self.html)(context)
+
+
 def failure_alert(challenge: Challenge) -> dict:
     """``default_args`` entries that email the organizers when a task fails for good."""
     if not challenge.organizers:
         return {}
     fields = {"short": challenge.short_name, "title": challenge.title}
     subject = FAILURE_SUBJECT.format(**fields)
-    return {"on_failure_callback": _notifier(challenge, subject, FAILURE_HTML.format(**fields))}
+    return {"on_failure_callback": FreshNotifier(challenge, subject, FAILURE_HTML.format(**fields))}
 
 
 APPROVAL_SUBJECT = "[{short}] preliminary results not published: waiting for your approval"

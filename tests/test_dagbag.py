@@ -57,7 +57,8 @@ def test_dag_header(dagbag, dag_id):
     for task in dag.tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} retries {task.retries}"
         assert task.owner == "mai-organizers"
-        assert task.execution_timeout is not None
+        # An approval waits as long as it takes: the one task without a time limit.
+        assert task.execution_timeout is not None or task.task_id == "approve_publication"
 
 
 def test_release_dag_fires_at_the_timeline_instants(dagbag):

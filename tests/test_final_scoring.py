@@ -448,7 +448,7 @@ def test_one_task_per_team_and_stage_and_clearing_changes_nothing(
         "[FINALS] task failed: finals__scoring / score_depth.benchmark",
         "[FINALS] task failed: finals__scoring / score_scenes.fidelity",
     ]
-    assert all("/log" in a.get_body().get_content() for a in alerts)
+    assert all("/dags/finals__scoring/runs/" in a.get_body().get_content() for a in alerts)
     tasks.publish_preliminary_results(finals)
     sent = len(read_outbox(airflow_connections.folder))
     assert sent == len(TEAMS) + len(alerts)

@@ -335,9 +335,16 @@ def anonymous_get(url: str) -> tuple[int, str, bytes]:
 
 
 def store_validated(s3, records=RECORDS):
+    """Results as scoring stores them: the validated table and the frozen set it ranks."""
     table = rank_challenge(CH, records)
     table.update(run_id="manual__test", validated=True, validation={"success": True})
     put_json(s3, CH.buckets.results, layout.RANKING, table)
+    frozen = [
+        {"track": r["track"], "team": r["team"], "sha256": r["sha256"]}
+        for ranked in table["tracks"].values()
+        for r in ranked["rows"]
+    ]
+    put_json(s3, CH.buckets.results, layout.FROZEN_MANIFEST, {"frozen": frozen})
     return table
 
 

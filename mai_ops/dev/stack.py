@@ -204,6 +204,8 @@ def stack_env(
             # Tasks reach the scheduler's state through the api-server; its default URL
             # assumes port 8080, so it must follow --port.
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
+            # Where alert emails' log links point (ti.log_url).
+            "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}/",
             # A local, loopback-only UI: no login page, no generated password file.
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             # Naive dates given to the CLI (--logical-date 2021-03-20T17:00) mean the
