@@ -109,17 +109,8 @@ def challenge_file(folder: Path, teams: int) -> Path:
                 "phase": "preliminary_results",
             },
         ],
-        # The production device defaults, shortened: a benchmark here is ~0.3 s of work.
-        "devices": [
-            {
-                "name": "cpu",
-                "backend": "litert",
-                "threads": 1,
-                "runs": 20,
-                "warmup": 2,
-                "min_seconds": 0.2,
-            }
-        ],
+        # The device defaults of a challenge file (50 timed runs lasting at least 1 s).
+        "devices": [{"name": "cpu", "backend": "litert", "threads": 1}],
         "tracks": TRACKS,
     }
     folder.mkdir(parents=True, exist_ok=True)
