@@ -48,6 +48,8 @@ def demo(tmp_path_factory, airflow_db):
         with contextlib.redirect_stdout(out):
             code = run.run()
         yield run, code, out.getvalue()
+        # The S3 server's objects live in this process's memory until emptied.
+        run.empty_buckets(run.challenge)
 
 
 def mails(run) -> list:

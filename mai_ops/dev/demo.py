@@ -284,9 +284,17 @@ class Demo:
     # --- the stack -------------------------------------------------------------------
 
     def __enter__(self) -> Demo:
+        self._env = dict(os.environ)
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
         from mai_ops.dev.demo_teams import participants_csv
 
-        self._env = dict(os.environ)
         # A whole timeline from scratch: a fresh metadata DB and an empty outbox each time.
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
@@ -318,7 +326,6 @@ class Demo:
         migrate_db({**os.environ})
         import_pools({**os.environ}, [source])
         self.s3 = self._s3_server.client()
-        return self
 
     def __exit__(self, *exc) -> None:
         if self._build is not None and self._build.poll() is None:
@@ -350,15 +357,15 @@ class Demo:
     def _run_timeline(self) -> int:
         manifest = self._wait_for_build()
         source = load_challenge(self.source)
-        self._empty_buckets(source)
+        self.empty_buckets(source)
         self._stage_data(source)
-        late = manifest["late"]
         track_ids = {t.id for t in source.tracks}
         uploads = [k for k in manifest["uploads"] if k.split("/")[0] in track_ids]
-        for key in uploads:
-            if key != late:
-                self._upload(source, key)
-        say(f"uploaded {len(uploads) - 1} archives in time (validation and final)")
+        late = manifest["late"] if manifest["late"] in uploads else None
+        in_time = [k for k in uploads if k != late]
+        for key in in_time:
+            self._upload(source, key)
+        say(f"uploaded {len(in_time)} archives in time (validation and final)")
         self.deadline = deadline_after(dt.datetime.now(dt.UTC))
         staged = self._test_sets_staged(source)
         events = {"test_data_release": {"test_inputs": True}} if staged else None
@@ -374,8 +381,8 @@ class Demo:
         local = self.deadline.astimezone(ZoneInfo(challenge.timezone))
         say(
             f"final deadline: {local:%Y-%m-%d %H:%M %Z} ({self.deadline:%H:%M} UTC), "
-            f"{(self.deadline - dt.datetime.now(dt.UTC)).total_seconds():.0f} s from now; "
-            f"{late} comes after it"
+            f"{(self.deadline - dt.datetime.now(dt.UTC)).total_seconds():.0f} s from now"
+            + (f"; {late} comes after it" if late else "")
         )
         if not staged:
             say("  (test_inputs stays off: not every track has a hidden test set staged)")
@@ -391,7 +398,7 @@ class Demo:
         say("\n== the timeline ==")
         for instant, dag in schedule_of(challenge):
             phase = dag.split("__", 1)[1]
-            if phase == DagPhase.FINAL_COLLECTION:
+            if phase == DagPhase.FINAL_COLLECTION and late:
                 self._late_upload(bag, challenge, late)
             if phase == DagPhase.PRELIMINARY_RESULTS:
                 # The organizer approves the results through the REST API, as in the UI.
@@ -424,7 +431,7 @@ class Demo:
             say(f"  {track_id}: {shown}")
         return manifest
 
-    def _empty_buckets(self, challenge: Challenge) -> None:
+    def empty_buckets(self, challenge: Challenge) -> None:
         """The challenge's buckets, created and emptied (every version of every object)."""
         from mai_ops.infra.storage import list_versions
 
