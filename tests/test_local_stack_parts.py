@@ -4,6 +4,7 @@ bucket, the rehearsal copy, the challenge folders, and the generated airflow.cfg
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +108,33 @@ def test_a_rehearsal_copy_is_a_challenge_of_its_own_open_now(tmp_path):
     # No dated final deadline, no rehearsal.
     with pytest.raises(ValueError, match="final_deadline"):
         rehearsal_copy(CHALLENGES / "mai2023.yaml", tmp_path, today=today, suffix="rehearsal")
+
+
+def test_a_rehearsal_copy_may_put_the_deadline_at_an_exact_minute(tmp_path):
+    """The demo's copy: the deadline passes during the run; its own teams; test inputs out."""
+    from mai_ops.challenge.timeline import event_instant
+
+    deadline = dt.datetime(2030, 6, 1, 9, 41, tzinfo=dt.UTC)  # 02:41 PDT
+    teams = tmp_path / "teams.csv"
+    teams.write_text("team_id,team_name,email,tracks\nada,Ada,ada@teams.example,depth\n")
+    events = {"test_data_release": {"test_inputs": True}}
+    copy = load_challenge(
+        rehearsal_copy(MAI2021, tmp_path, deadline=deadline, participants=teams, events=events)
+    )
+    assert event_instant(copy, copy.event("final_deadline")) == deadline
+    real = load_challenge(MAI2021)
+    for name in ("train_data_release", "test_data_release", "preliminary_results"):
+        moved, before = copy.event(name), real.event(name)
+        assert moved.date.as_date() - before.date.as_date() == dt.date(2030, 6, 1) - dt.date(
+            2021, 3, 20
+        )
+        assert moved.time == before.time  # still 5 pm
+    assert copy.event("test_data_release").test_inputs
+    assert Path(copy.participants.path) == teams.resolve()
+    with pytest.raises(ValueError, match="whole minute"):
+        rehearsal_copy(MAI2021, tmp_path, deadline=deadline.replace(second=5))
+    with pytest.raises(ValueError, match="no event 'nope'"):
+        rehearsal_copy(MAI2021, tmp_path, events={"nope": {"test_inputs": True}})
 
 
 def test_the_challenge_folders_may_be_several(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Small real models that meet a track's tensor specs, built with Keras and converted.
 
 Organizers need a known-good submission per track to try the pipeline before
-participants do (the demo uploads these), and tests need real TFLite files. The
+participants do, and tests need real TFLite files (the demo's teams have models of
+their own, built to rank in a known order: :mod:`mai_ops.dev.demo_teams`). The
 models are tiny (1x1 convolutions, depth-to-space for upscaling, pooling + dense for
 classification) so they build and convert in seconds on a CPU. TensorFlow is imported
 inside the function: this module is safe to import anywhere.

@@ -1,4 +1,4 @@
-"""Synthetic hidden test data for a track: what the demo and the tests stage.
+"""Synthetic hidden test data for a track: what the tests and the benches stage.
 
 The pairs meet the track's tensor specs (input shape and dtype, a ground truth of the
 output's shape, or one class label for a classification track), so any model that
