@@ -25,6 +25,7 @@ from mai_ops.infra.layout import RANKING, data_set_keys, score_key, stage_key
 from mai_ops.infra.storage import get_json, list_objects
 
 from .conftest import _HOME, PROJECT
+from .test_dag_runs import _task_instances
 from .test_metrics_cli import png_bytes
 from .test_test_data import npy_bytes
 
@@ -372,23 +373,6 @@ def finals_bag(finals, monkeypatch):
     return DagBag(dag_folder=str(PROJECT / "dags"))
 
 
-def _states(run) -> dict:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as session:
-        rows = session.scalars(
-            select(TaskInstance).where(
-                TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
-            )
-        ).all()
-        return {
-            (ti.task_id, ti.rendered_map_index if ti.map_index >= 0 else None): str(ti.state)
-            for ti in rows
-        }
-
-
 def test_one_task_per_team_and_stage_and_clearing_changes_nothing(
     s3, airflow_connections, airflow_db, finals, finals_bag, built, monkeypatch
 ):
@@ -426,7 +410,7 @@ def test_one_task_per_team_and_stage_and_clearing_changes_nothing(
 
     run = dag.test(logical_date=when, run_conf=conf)
     assert str(run.state) == "failed"
-    states = _states(run)
+    states = _task_instances(run)
     assert states[("score_depth.benchmark", "bo: benchmark_device_offline")] == "failed"
     assert states[("score_scenes.fidelity", "cy: internal_error")] == "failed"
     assert states[("score_depth.fidelity", "bo")] == "success"
@@ -439,7 +423,7 @@ def test_one_task_per_team_and_stage_and_clearing_changes_nothing(
     run = dag.test(logical_date=when, run_conf=conf)  # clearing the failed tasks
     assert str(run.state) == "success"
     assert calls["benchmark"] == [bo_depth] and calls["fidelity"] == [cy_scenes]
-    assert _states(run)[("score_depth.benchmark", "bo")] == "success"
+    assert _task_instances(run)[("score_depth.benchmark", "bo")] == "success"
     assert ranked_teams(s3, finals, "depth") == EXPECTED
     records = stored_records(s3, finals)
     # The organizers heard of each failure once (a task that failed for good), with a link.
@@ -485,7 +469,7 @@ def test_results_wait_for_approval_and_never_show_before_the_promised_instant(
     with Approver("finals__preliminary_results", option="Reject") as organizer:
         run = dag.test(logical_date=promised - dt.timedelta(days=2))
     assert organizer.answered and not organizer.errors
-    states = _states(run)
+    states = _task_instances(run)
     assert states[("approve_publication", None)] == "success"
     assert states[("publish_preliminary_results", None)] == "skipped"
     assert list(list_objects(s3, challenge.buckets.public)) == []
@@ -494,7 +478,7 @@ def test_results_wait_for_approval_and_never_show_before_the_promised_instant(
     with Approver("finals__preliminary_results") as organizer:
         run = dag.test(logical_date=promised - dt.timedelta(days=1))
     assert str(run.state) == "success" and organizer.answered
-    assert _states(run)[("record_approval", None)] == "success"
+    assert _task_instances(run)[("record_approval", None)] == "success"
     assert list(list_objects(s3, challenge.buckets.public)) == []
     assert _team_mails(airflow_connections.folder) == []
     request = [m for m in read_outbox(airflow_connections.folder) if m["To"] == ORGANIZERS]
@@ -503,7 +487,7 @@ def test_results_wait_for_approval_and_never_show_before_the_promised_instant(
     # At the promised instant the approved table is published without asking again.
     run = dag.test(logical_date=promised)
     assert str(run.state) == "success"
-    states = _states(run)
+    states = _task_instances(run)
     assert states[("approve_publication", None)] == "skipped"
     assert states[("publish_preliminary_results", None)] == "success"
     public = {o["Key"] for o in list_objects(s3, challenge.buckets.public)}

@@ -140,23 +140,7 @@ def _prepared(s3: Any, challenge: Challenge, entry: dict) -> dict:
 
 
 def _benchmark(s3: Any, challenge: Challenge, entry: dict) -> Evaluation:
-    record = _new_record(entry)
-    track = challenge.track(entry["track"])
-    bucket = challenge.buckets.results
-    _prepared(s3, challenge, entry)
-    with tempfile.TemporaryDirectory(prefix="mai-score-") as tmp:
-        model = Path(tmp) / "model.tflite"
-        s3.download_file(bucket, _artifact_key(entry, "model.tflite"), str(model))
-        evaluate(
-            record,
-            challenge,
-            track,
-            None,
-            Path(tmp),
-            stages=("benchmark",),
-            artifacts={"model": model},
-        )
-    return record
+    return _from_stored(s3, challenge, entry, "benchmark", {"model": "model.tflite"})
 
 
 def _fidelity(s3: Any, challenge: Challenge, entry: dict) -> Evaluation:
@@ -164,23 +148,37 @@ def _fidelity(s3: Any, challenge: Challenge, entry: dict) -> Evaluation:
 
     from mai_ops.models.fidelity import load_data_set
 
+    data = partial(load_data_set, s3, challenge, challenge.track(entry["track"]), "test")
+    files = {"fidelity_model": "fidelity_model.tflite", "results_dir": "results/"}
+    return _from_stored(s3, challenge, entry, "fidelity", files, fidelity_data=data)
+
+
+def _from_stored(
+    s3: Any, challenge: Challenge, entry: dict, stage: str, files: dict, **options
+) -> Evaluation:
+    """Run ``stage`` on what ``prepare`` stored: ``files`` maps artifacts to stored names."""
     record = _new_record(entry)
-    track = challenge.track(entry["track"])
     bucket = challenge.buckets.results
     _prepared(s3, challenge, entry)
     with tempfile.TemporaryDirectory(prefix="mai-score-") as tmp:
-        model = Path(tmp) / "fidelity_model.tflite"
-        s3.download_file(bucket, _artifact_key(entry, "fidelity_model.tflite"), str(model))
-        results_dir = _download_results(s3, bucket, entry, Path(tmp) / "results")
+        artifacts = {}
+        for artifact, name in files.items():
+            local = Path(tmp) / name
+            if name.endswith("/"):
+                artifacts[artifact] = _download_results(s3, bucket, entry, local)
+            else:
+                s3.download_file(bucket, _artifact_key(entry, name), str(local))
+                artifacts[artifact] = local
+        track = challenge.track(entry["track"])
         evaluate(
             record,
             challenge,
             track,
             None,
             Path(tmp),
-            stages=("fidelity",),
-            fidelity_data=partial(load_data_set, s3, challenge, track, "test"),
-            artifacts={"fidelity_model": model, "results_dir": results_dir},
+            stages=(stage,),
+            artifacts=artifacts,
+            **options,
         )
     return record
 
