@@ -21,6 +21,10 @@ failed a rule or a check; they got the reason by email. Red: a failure on our si
 (device offline, a crash): fix it and clear the task; the team hears the new outcome.
 A failed task is retried 30 s later (not minutes), so a run never holds the next
 upload's answer for long.
+
+`publish_validation_leaderboard` then puts each team's best verified upload per track
+on the public validation leaderboard (`leaderboard/validation/`), after every run that
+answered an upload.
 """
 
 from __future__ import annotations
@@ -90,7 +94,15 @@ def build(challenge, path, instants):
             results = organizer_errors_fail_fast(tasks.validate_uploads, path, keys)
             return settle_uploads(results, "uploads")
 
-        validate_uploads.expand(keys=collect_uploads())
+        # all_done: the uploads answered are on the board even when another failed red.
+        @task(trigger_rule="all_done")
+        def publish_validation_leaderboard(batches):
+            from mai_ops import tasks
+
+            return organizer_errors_fail_fast(tasks.publish_validation_leaderboard, path, batches)
+
+        batches = collect_uploads()
+        validate_uploads.expand(keys=batches) >> publish_validation_leaderboard(batches)
 
     return validation_uploads()
 

@@ -334,6 +334,20 @@ def publish_preliminary_results(path, when=None, s3=None, send=None, public_url=
     return {"published": True, "results": ranked} | run.deliver(notices).as_dict()
 
 
+def publish_validation_leaderboard(path, batches=None, s3=None) -> dict:
+    """Each team's best verified validation upload per track, ranked, on the public board.
+
+    ``batches``: the uploads this run answered; none, nothing to update.
+    """
+    from mai_ops.publishing.validation_board import publish_validation_leaderboard as publish
+
+    if batches is not None and not batches:
+        return {"published": False, "reason": "no upload answered in this run"}
+    run = PhaseRun.open(path, s3)
+    table = publish(run.s3, run.challenge)
+    return {"published": True, "ranked": {t: len(v["rows"]) for t, v in table["tracks"].items()}}
+
+
 def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[list[str]]:
     """Upload keys to process, in batches of one owner's uploads, shared fairly.
 

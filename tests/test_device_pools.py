@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import os
 import signal
 import subprocess
@@ -174,6 +173,9 @@ def _overlap(a, b) -> bool:
 
 def test_standin_phones_one_benchmark_per_phone_through_the_scheduler(pool_stack):
     from mai_ops import tasks
+    from mai_ops.dev.test_data import stage_pairs, synthetic_pairs
+    from mai_ops.infra.layout import score_key
+    from mai_ops.infra.storage import get_json
 
     port, log = pool_stack["port"], pool_stack["log"]
     _wait(lambda: _api(port, "GET", "/api/v2/pools?limit=100"), "the API", 240, log)
@@ -194,6 +196,8 @@ def test_standin_phones_one_benchmark_per_phone_through_the_scheduler(pool_stack
             Body=archive.getvalue(),
         )
     assert tasks.freeze_final(str(challenge_file), s3=s3)["frozen"] == 3
+    for track in challenge.tracks:  # the hidden test set the scoring runs the models on
+        stage_pairs(s3, "pooltest-organizers", track.id, synthetic_pairs(track, count=1))
 
     dag = "pooltest__scoring"
     _wait(
@@ -218,20 +222,22 @@ def test_standin_phones_one_benchmark_per_phone_through_the_scheduler(pool_stack
     tis = tis["task_instances"]
     assert state == "success", [(t["task_id"], t["map_index"], t["state"]) for t in tis]
 
-    on_a, on_b = _intervals(tis, "score_on_a"), _intervals(tis, "score_on_b")
+    on_a = _intervals(tis, "score_on_a.benchmark")
+    on_b = _intervals(tis, "score_on_b.benchmark")
     assert len(on_a) == 2 and len(on_b) == 1
     assert not _overlap(on_a[0], on_a[1]), f"two benchmarks shared phone_a: {on_a}"
     assert any(_overlap(on_b[0], a) for a in on_a), (
         f"phone_a and phone_b never overlapped: {on_a} {on_b}"
     )
     for ti in tis:
-        if ti["task_id"] in ("score_on_a", "score_on_b"):
+        if ti["task_id"] in ("score_on_a.benchmark", "score_on_b.benchmark"):
             assert ti["pool"] in ("mai_device_adb_SERIAL-A", "mai_device_adb_SERIAL-B")
 
     records = [
-        json.loads(s3.get_object(Bucket="pooltest-results", Key=k)["Body"].read())
-        for k in ("scores/on_a/t1.json", "scores/on_a/t2.json", "scores/on_b/t1.json")
+        get_json(s3, "pooltest-results", score_key(e["track"], e["team"], e["sha256"]))
+        for e in tasks.list_frozen(str(challenge_file), s3=s3)
     ]
+    assert len(records) == 3
     for record in records:
         assert record["status"] == "ok", record
         assert record["runtime"]["backend"] == "adb" and record["runtime"]["count"] > 0
