@@ -353,9 +353,7 @@ def test_an_overflow_on_the_way_is_not_hidden_by_a_finite_result(
 # ----------------------------------------------------- a formula that fails on one row
 
 
-def test_a_score_that_cannot_be_computed_fails_that_record_alone(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
+def test_a_score_that_cannot_be_computed_fails_that_record_alone(tmp_path) -> None:
     """The MAI formula on a PSNR of 2100 dB needs 2 ** 4200: that record fails with
     ``score_not_computable`` (ours to look at: clearing retries it), the next is scored."""
     from mai_ops.challenge.config import load_challenge
@@ -368,16 +366,15 @@ def test_a_score_that_cannot_be_computed_fails_that_record_alone(
     assert track.score.formula == MAI_SCORE
     psnr = {"sane": 23.0, "absurd": 2100.0}
 
-    def measured(run: evaluation._Run) -> None:
-        run.record.runtime = {"median_ms": 80.0}
-        run.record.metrics = {"psnr": psnr[run.record.team], "ssim": 0.9}
+    def measured(team: str) -> evaluation.Evaluation:
+        """A record its benchmark and fidelity stages filled (the score stage runs alone)."""
+        return evaluation.Evaluation(
+            team=team, runtime={"median_ms": 80.0}, metrics={"psnr": psnr[team], "ssim": 0.9}
+        )
 
-    for stage in ("_unpack_convert_check", "_benchmark"):
-        monkeypatch.setattr(evaluation, stage, lambda run: None)
-    monkeypatch.setattr(evaluation, "_fidelity", measured)
     records = {
         team: evaluation.evaluate(
-            evaluation.Evaluation(team=team), challenge, track, tmp_path / "x.zip", tmp_path
+            measured(team), challenge, track, None, tmp_path, stages=("score",)
         ).as_json()
         for team in psnr
     }

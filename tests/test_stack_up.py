@@ -31,7 +31,7 @@ import psutil
 import pytest
 import yaml
 
-from mai_ops.dev.embedded import free_port, s3_client, sqs_client
+from mai_ops.dev.embedded import free_port, s3_client, sqs_client, text_part
 from mai_ops.dev.stack import spawn
 
 from .conftest import MAI2021, rest_api, synthetic_test_pairs
@@ -230,7 +230,7 @@ def upload_and_read_reply(stack, bucket: str, key: str, challenge_id: str):
     s3_client(stack.s3_endpoint).put_object(Bucket=bucket, Key=key, Body=broken_archive())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        for msg in outbox(stack):
+        for msg in team_emails(stack):
             if msg["X-MAI-Notice"].startswith(f"{challenge_id}/upload/{key}/"):
                 return msg
         time.sleep(1)
@@ -246,7 +246,7 @@ def outbox(stack) -> list:
 
 def assert_nothing_sent_twice(stack) -> int:
     # Organizer alerts (a task that failed) carry no notice key: each is one failure.
-    notices = [m["X-MAI-Notice"] for m in outbox(stack) if m["X-MAI-Notice"]]
+    notices = [m["X-MAI-Notice"] for m in team_emails(stack)]
     twice = sorted({n for n in notices if notices.count(n) > 1})
     assert not twice, f"sent more than once: {twice}"
     return len(notices)
@@ -389,18 +389,19 @@ def task_log(stack, dag_id: str, run_id: str, task_id: str, try_number: int, map
     return "\n".join(lines)
 
 
+def team_emails(stack) -> list:
+    """The emails to teams: every one carries its notice key (organizer alerts do not)."""
+    return [m for m in outbox(stack) if m["X-MAI-Notice"]]
+
+
 def notices(stack, prefix: str) -> list:
     """The emails in the outbox whose notice key starts with ``prefix``."""
-    return [m for m in outbox(stack) if m["X-MAI-Notice"].startswith(prefix)]
+    return [m for m in team_emails(stack) if m["X-MAI-Notice"].startswith(prefix)]
 
 
 def deadline_passed_emails(stack) -> list[str]:
     """Notice keys of the emails telling a team that the final deadline has passed."""
-    return [
-        m["X-MAI-Notice"]
-        for m in outbox(stack)
-        if "deadline has passed" in m.get_body(preferencelist=("plain",)).get_content()
-    ]
+    return [m["X-MAI-Notice"] for m in team_emails(stack) if "deadline has passed" in text_part(m)]
 
 
 def test_the_rehearsal_copy_is_open_now(stack):
@@ -525,7 +526,7 @@ def test_an_announcement_is_sent_once(stack):
     wait_for_health(stack)
     run = run_to_the_end(stack, "mai2021__validation_server", ANNOUNCE)
     assert run["state"] == "success", run
-    announced = [m for m in outbox(stack) if "validation_server_online" in m["X-MAI-Notice"]]
+    announced = [m for m in team_emails(stack) if "validation_server_online" in m["X-MAI-Notice"]]
     assert announced, "no announcement in the outbox"
     assert_nothing_sent_twice(stack)
 
@@ -568,7 +569,7 @@ def test_every_rehearsal_dag_takes_its_form_defaults(stack):
 
 def test_a_failure_of_ours_is_red_not_skipped(stack):
     """A frozen copy changed after the freeze is our failure: retried, then red; never skipped."""
-    from mai_ops.infra.layout import FROZEN_MANIFEST, score_key
+    from mai_ops.infra.layout import FROZEN_MANIFEST, stage_key
     from mai_ops.infra.storage import get_json
 
     wait_for_health(stack)
@@ -604,7 +605,9 @@ def test_a_failure_of_ours_is_red_not_skipped(stack):
         assert task["map_index"] == 0 and task["state"] in ("up_for_retry", "failed"), task
         log = task_log(stack, dag_id, run_id, task_id, 1, map_index=0)
         assert "aurora: frozen_copy_changed: a failure on our side" in log, log
-        record = get_json(s3, results, score_key(entry["track"], "aurora", entry["sha256"]))
+        # The prepare stage's result: the record waits for the organizer's fix.
+        checks = stage_key(entry["track"], "aurora", entry["sha256"], "checks.json")
+        record = get_json(s3, results, checks)
         assert [e["code"] for e in record["errors"]] == ["frozen_copy_changed"]
     finally:
         # The organizers' fix: the frozen bytes back, and this run stopped (no retries left

@@ -21,7 +21,7 @@ import yaml
 from mai_ops import tasks
 from mai_ops.challenge.config import load_challenge
 from mai_ops.challenge.dates import zone
-from mai_ops.dev.embedded import ensure_buckets, read_outbox
+from mai_ops.dev.embedded import ensure_buckets, read_outbox, text_part
 from mai_ops.infra.layout import FROZEN_MANIFEST, upload_record_key
 from mai_ops.infra.storage import bucket_versioned, get_json, list_versions, object_exists
 from mai_ops.submissions.validation import pending_uploads
@@ -120,7 +120,8 @@ def replace_before(client, operation: str, bucket: str, key: str, body: bytes, w
 
 
 def mails(outbox) -> dict[str, str]:
-    return {m["To"]: m.get_body().get_content() for m in read_outbox(outbox)}
+    """Each recipient's email as the plain text a mail client shows."""
+    return {m["To"]: text_part(m) for m in read_outbox(outbox)}
 
 
 def test_the_submissions_bucket_is_created_versioned(s3):
