@@ -7,6 +7,7 @@ emails never need to know which one ran.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,3 +77,36 @@ class BenchmarkResult:
             value = getattr(self, key)
             out[key] = round(value, 3) if isinstance(value, float) else value
         return out
+
+
+# --- where a runtime was measured, said next to the number everywhere it is shown ------
+
+
+def device_title(challenge: Any, name: str | None) -> str:
+    """The device's title in the challenge file, or its name when it has none (or is gone)."""
+    if not name:
+        return "the track's device"
+    try:
+        device = challenge.device(name)
+    except KeyError:
+        return name
+    return device.title or device.name
+
+
+def is_stand_in(row: Mapping[str, Any]) -> bool:
+    """A runtime measured by LiteRT on the server's CPU, standing in for the device."""
+    return row.get("runtime_ms") is not None and row.get("backend") == "litert"
+
+
+def runtime_note(challenge: Any, row: Mapping[str, Any]) -> str | None:
+    """Where the runtime of ``row`` was measured, said next to the number; None without one.
+
+    ``litert``: "LiteRT on the server CPU, standing in for <device title>"; ``adb``:
+    "measured on <device title>".
+    """
+    if row.get("runtime_ms") is None:
+        return None
+    title = device_title(challenge, row.get("device"))
+    if is_stand_in(row):
+        return f"LiteRT on the server CPU, standing in for {title}"
+    return f"measured on {title}"

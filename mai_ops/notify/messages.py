@@ -30,6 +30,7 @@ from typing import Any
 from mai_ops.challenge.config import Challenge, Event, Phase, Track
 from mai_ops.challenge.participants import Team
 from mai_ops.challenge.timeline import Reminder, event_instant
+from mai_ops.devices.results import runtime_note
 from mai_ops.errors import CODES
 from mai_ops.infra.layout import (
     FINAL_PHASE,
@@ -213,6 +214,8 @@ def _runtime(challenge: Challenge, rt: dict | None) -> dict | None:
     return {
         "device": rt["device"],
         "device_title": one_line(title),
+        # "LiteRT on the server CPU, standing in for <device>" or "measured on <device>".
+        "measured_on": one_line(runtime_note(challenge, {**rt, "runtime_ms": runtime_ms(rt)})),
         "ms": runtime_ms(rt),
         "statistic": "median" if rt.get("median_ms") is not None else "mean",
         "avg_ms": rt.get("avg_ms"),
@@ -531,6 +534,7 @@ def _result(
         "runtime_ms": row.get("runtime_ms"),
         "device": device or "",
         "device_title": one_line(device_title),
+        "measured_on": one_line(runtime_note(challenge, {**row, "device": device}) or ""),
         "flags": list(row.get("flags") or []),
         "min_psnr": min_psnr,
         "error": error or "",
