@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mai_ops.dev.embedded import html_part, text_part
 from mai_ops.infra.layout import FROZEN_MANIFEST, RANKING, UPLOAD_RECORDS
 
 from .conftest import PROJECT
@@ -227,6 +228,11 @@ def test_every_email_parses_and_each_notice_reaches_its_recipient_once(demo):
     assert all(m["To"] and m["Subject"] and m.get_body() is not None for m in messages)
     notices = [m for m in messages if m["X-MAI-Notice"]]
     alerts = [m for m in messages if not m["X-MAI-Notice"]]
+    for m in notices:  # what a mail client needs: both parts, one Message-ID per notice
+        assert text_part(m).strip() and html_part(m).strip(), m["Subject"]
+        assert m["Message-ID"] and m["Date"] and m["Reply-To"] == ORGANIZERS, m["Subject"]
+    ids = {m["X-MAI-Notice"]: m["Message-ID"] for m in notices}
+    assert len(set(ids.values())) == len(ids)
     # Organizer alerts carry no notice key: here only the request to approve the results.
     assert [m["To"] for m in alerts] == [ORGANIZERS]
     sent = Counter((m["X-MAI-Notice"], m["To"]) for m in notices)
