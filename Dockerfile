@@ -29,6 +29,10 @@ COPY --chown=airflow:0 mai_ops/ /opt/airflow/mai_ops/
 COPY --chown=airflow:0 mai_ops_airflow/ /opt/airflow/mai_ops_airflow/
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
+# The project itself, without dependencies (installed above): the `mai-ops` command and
+# the `airflow.plugins` entry point that registers the phases' timetable with Airflow.
+COPY --chown=airflow:0 pyproject.toml README.md /opt/airflow/
+RUN pip install --no-cache-dir --no-deps -e /opt/airflow
 
 # dags/ imports mai_ops; /opt/airflow is AIRFLOW_HOME in the official image.
 ENV PYTHONPATH=/opt/airflow \

@@ -6,7 +6,7 @@ PY := .venv/bin/python
 # Use this machine's Python 3.11; never download an interpreter.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint format up validate timeline compose-tool sandbox-tool browser-tool bench clean
+.PHONY: demo test lint format up up-celery validate timeline compose-tool sandbox-tool browser-tool bench clean
 
 $(UV):
 	python3 -m pip install --quiet --disable-pip-version-check --target .tools uv==$(UV_VERSION)
@@ -25,6 +25,10 @@ test: .venv/.synced compose-tool sandbox-tool browser-tool  ## lint, then every 
 
 up: .venv/.synced sandbox-tool  ## Airflow UI on http://localhost:8080 with the embedded S3 and SMTP servers
 	$(PY) -m mai_ops.dev.stack
+
+# The same on the production path: CeleryExecutor, this machine's PostgreSQL and Redis.
+up-celery: .venv/.synced sandbox-tool  ## make up on CeleryExecutor, PostgreSQL and Redis, two Celery workers
+	$(PY) -m mai_ops.dev.stack --executor celery
 
 validate: .venv/.synced
 	.venv/bin/mai-ops validate

@@ -7,7 +7,7 @@ four tasks of the group `score_<track>`, each able to fail and be cleared on its
 
 - `prepare`: sha256 against the manifest, unpack, convert, checks;
 - `benchmark`: the runtime on the track's device (in the device's pool: one benchmark
-  per device at a time);
+  per device at a time; on the workers of the device's `host` when it declares one);
 - `fidelity`: the frozen model on the hidden test set, and the team's own results
   against its output (`results_not_reproduced`);
 - `score`: the record, with the track's formula.
@@ -82,7 +82,7 @@ def params(challenge) -> dict:
 
 
 def build(challenge, path, instants):
-    from mai_ops.devices.pools import VALIDATION_POOL, pool_name
+    from mai_ops.devices.pools import VALIDATION_POOL, device_queue, pool_name
 
     @phase_dag(challenge, path, PHASE, __doc__, [frozen_final_set(challenge)], params(challenge))
     def scoring():
@@ -103,14 +103,19 @@ def build(challenge, path, instants):
 
         def stages_of(track):
             """The group of one track: four tasks per frozen submission, by team."""
-            device_pool = pool_name(challenge.device(track.device))
+            device = challenge.device(track.device)
+            # On the workers of the device's host, when it names one (any worker if not).
+            on_host = {"queue": device_queue(device.host)} if device.host else {}
 
             @task_group(group_id=f"score_{track.id}")
             def score_submission(entry):
                 prepared = stage_task("prepare", pool=VALIDATION_POOL)(entry)
                 # One pool per device, one slot each: two benchmarks never share a device.
                 benchmark = stage_task(
-                    "benchmark", pool=device_pool, execution_timeout=DEVICE_TASK_TIMEOUT
+                    "benchmark",
+                    pool=pool_name(device),
+                    execution_timeout=DEVICE_TASK_TIMEOUT,
+                    **on_host,
                 )(entry)
                 fidelity = stage_task("fidelity", pool=VALIDATION_POOL)(entry)
                 # none_failed: a participant's failure upstream (skipped) still gets its

@@ -184,6 +184,9 @@ _ALL = [
         internal_error="an unexpected error in our pipeline; the organizers are told",
         sandbox_unavailable="the worker cannot set up the sandbox participants' code runs "
         "in, so the submission was not run; the organizers are told",
+        processing_stuck="the submission's processing started but never finished within "
+        "its limit (its task was stopped by its time limit each time, or its worker died); "
+        "marked failed by the stuck-work sweep, the organizers are told",
     ),
 ]
 CODES: dict[str, Code] = {c.name: c for c in _ALL}

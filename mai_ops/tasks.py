@@ -382,6 +382,13 @@ def collect_uploads(path, events: list[dict] | None = None, s3=None) -> list[lis
     return batches
 
 
+def uploads_for_queue(path, batches: list[list[str]], queue: str) -> list[list[str]]:
+    """The batches the workers of ``queue`` answer (a device host's, or the default)."""
+    from mai_ops.devices.pools import batches_by_queue
+
+    return batches_by_queue(load_challenge(path), batches)[queue]
+
+
 def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:
     """One team's uploads, in order, each answered; then the team's history in the log.
 
@@ -396,6 +403,32 @@ def validate_uploads(path, keys: list[str], s3=None, send=None) -> list[dict]:
         log_team_history(run, team_id)
     delivery.raise_for_failures()  # every upload is judged and stored; a reply is missing
     return results
+
+
+def sweep_stuck_uploads(path, s3=None, send=None, now=None) -> dict:
+    """Fail every upload whose processing started long ago and never finished, and say so.
+
+    Each gets a ``processing_stuck`` record and its team the usual reply (once); then
+    :class:`~mai_ops.submissions.stuck.StuckWork` names them, which fails the task at
+    once so its failure alert tells the organizers. Nothing stuck: nothing happens.
+    """
+    from mai_ops.submissions.stuck import StuckWork, fail_stuck_uploads
+
+    run = PhaseRun.open(path, s3, send)
+    records = fail_stuck_uploads(run.s3, run.challenge, now)
+    teams = {t.team_id: t for t in run.teams}
+    notices = [
+        upload_reply(run.challenge, teams[r["team"]], r) for r in records if r.get("team") in teams
+    ]
+    report = run.deliver(notices)
+    if records:
+        listed = "; ".join(f"{r['key']} ({r['errors'][0]['message']})" for r in records)
+        raise StuckWork(
+            f"{len(records)} upload(s) marked failed as processing_stuck, their teams told: "
+            f"{listed}. Their task logs say where the processing stopped; clear the "
+            "upload's task to process it again once the cause is fixed"
+        )
+    return {"stuck": 0} | report.as_dict()
 
 
 def validate_upload(path, key, s3=None, send=None) -> dict:

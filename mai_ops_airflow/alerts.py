@@ -3,8 +3,8 @@
 Both go through the SMTP provider's notifier (``SmtpNotifier``) on the project's SMTP
 connection, to the challenge's ``organizers:``. A task's ``on_failure_callback`` fires
 once, when the task fails for good (its retries use ``on_retry_callback``): one email per
-failure, with the reason and a link to the log. A challenge without organizers gets no
-alert.
+failure, with the reason and a link to the log, tried again while the mail relay is
+down (:func:`alert_pauses`). A challenge without organizers gets no alert.
 
 Publication on time: the preliminary results DAG runs at the promised instant, so at
 that instant the organizers hear either nothing (published), that the results wait for
@@ -17,10 +17,18 @@ by its definition instead of its id).
 
 from __future__ import annotations
 
+import logging
+import smtplib
+import time
 from dataclasses import dataclass
 
 from mai_ops.challenge.config import Challenge
+from mai_ops.timeouts import retry_delay_s
 from mai_ops_airflow.hooks import SMTP_CONN_ID
+
+log = logging.getLogger(__name__)
+# Tries of one alert before it is given up (the task stays red in the UI).
+ALERT_TRIES = 5
 
 FAILURE_SUBJECT = "[{short}] task failed: {{{{ ti.dag_id }}}} / {{{{ ti.task_id }}}}"
 FAILURE_HTML = (
@@ -59,7 +67,25 @@ class FreshNotifier:
     html: str
 
     def __call__(self, context) -> None:
-        _notifier(self.challenge, self.subject, self.html)(context)
+        pauses = alert_pauses()
+        for pause in [*pauses, None]:
+            try:
+                _notifier(self.challenge, self.subject, self.html)(context)
+                return
+            except (OSError, smtplib.SMTPException) as err:
+                if pause is None:
+                    raise
+                log.warning("the alert could not be sent (%s); trying again in %s s", err, pause)
+                time.sleep(pause)
+
+
+def alert_pauses() -> list[int]:
+    """Pauses between the tries of an alert: a failure must not go unheard because the
+    mail relay was down at that moment. The tasks' own retry rhythm (15, 30, 60, 120 s
+    by default), so an outage a task's retries ride out does not swallow its alert; a
+    relay that dropped the line after taking the message may make it arrive twice."""
+    first = retry_delay_s()
+    return [first * 2**k for k in range(ALERT_TRIES - 1)]
 
 
 def failure_alert(challenge: Challenge) -> dict:

@@ -19,25 +19,34 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import Asset, Param, dag, task
 
-# The core class, not airflow.sdk.EventsTimetable: in Airflow 3.3.2 the SDK one fails
-# to serialize when given a description (KeyError '_summary').
-from airflow.timetables.events import EventsTimetable
-
 from mai_ops.challenge.config import Challenge, Problem, challenge_files, read_challenge
-from mai_ops.challenge.timeline import dag_id, dag_phase_of, phase_instants
+from mai_ops.challenge.timeline import DagPhase, dag_id, dag_phase_of, phase_instants
 from mai_ops.infra.layout import FROZEN_MANIFEST
+from mai_ops.timeouts import (
+    DEVICE_TASK_TIMEOUT_S,
+    LATE_PHASE_GRACE_S,
+    LATE_REMINDER_GRACE_S,
+    TASK_TIMEOUT_S,
+    retry_delay_s,
+)
+from mai_ops_airflow.timetables import PhaseEvents
 
 log = logging.getLogger(__name__)
 
+# A failure of ours (storage or mail relay unreachable, a crash) is tried again with
+# exponential backoff: about 15-30 s, 30-60 s, 1-2 min, then 2-4 min (capped at 5) after
+# each failed try, so an outage of a few minutes costs a delay, not a red task.
 DEFAULT_ARGS = {
     "owner": "mai-organizers",
-    "retries": 2,
-    "retry_delay": pendulum.duration(minutes=2),
-    "execution_timeout": pendulum.duration(minutes=30),
+    "retries": 4,
+    "retry_delay": pendulum.duration(seconds=retry_delay_s()),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": pendulum.duration(minutes=5),
+    "execution_timeout": pendulum.duration(seconds=TASK_TIMEOUT_S),
 }
 
 # Room for a conversion (15 min) and three adb attempts (3 x 10 min).
-DEVICE_TASK_TIMEOUT = pendulum.duration(minutes=60)
+DEVICE_TASK_TIMEOUT = pendulum.duration(seconds=DEVICE_TASK_TIMEOUT_S)
 
 
 @cache
@@ -169,13 +178,16 @@ def phase_dag(
     )
 
 
-def events_schedule(challenge: Challenge, phase: str, instants: list) -> EventsTimetable:
-    """Fire at the phase's instants only (an unfixed date gives none)."""
-    return EventsTimetable(
+def events_schedule(challenge: Challenge, phase: str, instants: list) -> PhaseEvents:
+    """Fire at the phase's instants only (an unfixed date gives none); a missed one late,
+    within a day (a reminder within a few hours)."""
+    late = LATE_REMINDER_GRACE_S if phase == DagPhase.REMINDERS else LATE_PHASE_GRACE_S
+    return PhaseEvents(
         event_dates=[pendulum.instance(i) for i in instants],
         restrict_to_events=True,
         presorted=True,
         description=f"{len(instants)} {phase} instant(s) of {challenge.id}",
+        grace_s=late,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,8 @@ os.environ.update(
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         # The approval step is answered through the REST API, as the UI does, without a login.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        # The in-process API's tokens are signed with a key of the recommended length.
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
         "MAI_OPS_CHALLENGES_DIR": str(CHALLENGES),
     }
 )

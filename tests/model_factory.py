@@ -56,6 +56,77 @@ def _from_keras(model) -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
+def upsampled_model(shape=IMAGE, factor: int = 256, back_to_input: bool = False) -> bytes:
+    """The image upsampled ``factor`` times: one huge float intermediate tensor (a 32x32
+    image by 256: 1x8192x8192x3, 805 MB). The output is the mean per channel, or with
+    ``back_to_input`` the upsampled image averaged back to the input's shape."""
+    tf = _tf()
+    inp = tf.keras.Input(shape[1:], batch_size=shape[0])
+    up = tf.keras.layers.UpSampling2D(factor)(inp)
+    if back_to_input:
+        out = tf.keras.layers.AveragePooling2D(factor)(up)
+    else:
+        out = tf.keras.layers.GlobalAveragePooling2D()(up)
+    return _from_keras(tf.keras.Model(inp, out))
+
+
+def spinning_model(shape=IMAGE, steps: int = 2_000_000_000) -> bytes:
+    """A WHILE loop of two billion steps: a model that "hangs"."""
+    tf = _tf()
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def spin(x):
+        def body(i, y):
+            return i + 1, y * 1.0000001
+
+        _, y = tf.while_loop(lambda i, y: i < steps, body, (tf.constant(0), x))
+        return y
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [spin.get_concrete_function()], spin
+    )
+    return converter.convert()
+
+
+def recursing_model(shape=IMAGE) -> bytes:
+    """A model that crashes the interpreter: SIGSEGV while LiteRT prepares it.
+
+    A WHILE loop of three steps, whose body is given a WHILE of its own that runs that
+    same body: preparing the body prepares the body again, without end, until the
+    native stack overflows. A valid flatbuffer with the track's inputs and outputs.
+    """
+    import copy
+
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tf = _tf()
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
+    def loop(x):
+        _, y = tf.while_loop(lambda i, y: i < 3, lambda i, y: (i + 1, y * 1.5), (0, x))
+        return y
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [loop.get_concrete_function()], loop
+    )
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(converter.convert(), 0))
+    [while_op] = model.subgraphs[0].operators
+    body = model.subgraphs[while_op.builtinOptions.bodySubgraphIndex]
+    again = copy.deepcopy(while_op)
+    again.inputs = list(body.inputs)
+    again.outputs = []
+    for index in body.inputs:
+        tensor = copy.deepcopy(body.tensors[index])
+        tensor.name = (tensor.name or b"") + b"_again"
+        body.tensors.append(tensor)
+        again.outputs.append(len(body.tensors) - 1)
+    body.operators.insert(0, again)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def representative_images(count: int = 8):
     import numpy as np
 
@@ -138,24 +209,9 @@ def build(out: Path) -> dict:
         save("gpu_incompatible", _from_function(lambda x: tf.reverse(x * 2.0, axis=[2]), IMAGE))
         # Height and width left dynamic: the fidelity model of a track.
         save("dynamic", _from_keras(_conv_model(side=None)))
-        # A 32x32 image upsampled 256x: one 1x8192x8192x3 float intermediate (805 MB).
-        inp = tf.keras.Input((SIDE, SIDE, 3), batch_size=1)
-        up = tf.keras.layers.UpSampling2D(256)(inp)
-        save("huge", _from_keras(tf.keras.Model(inp, tf.keras.layers.GlobalAveragePooling2D()(up))))
-
-        # A WHILE loop of two billion steps: a model that "hangs".
-        @tf.function(input_signature=[tf.TensorSpec(IMAGE, tf.float32)])
-        def spin(x):
-            def body(i, y):
-                return i + 1, y * 1.0000001
-
-            _, y = tf.while_loop(lambda i, y: i < 2_000_000_000, body, (tf.constant(0), x))
-            return y
-
-        converter = tf.lite.TFLiteConverter.from_concrete_functions(
-            [spin.get_concrete_function()], spin
-        )
-        save("hang", converter.convert())
+        save("huge", upsampled_model())
+        save("hang", spinning_model())
+        save("crash", recursing_model())
 
     timed("keras", keras_models)
     timed("saved_model", saved_models)

@@ -33,6 +33,7 @@ REQUIRED_SERVICES = {
     "airflow-dag-processor",
     "airflow-triggerer",
     "airflow-worker",
+    "airflow-worker-device",
 }
 AIRFLOW_SERVICES = sorted(s for s in REQUIRED_SERVICES if s.startswith("airflow-"))
 BUCKETS = ["mai2021-organizers", "mai2021-submissions", "mai2021-public", "mai2021-results"]
@@ -98,13 +99,61 @@ def test_airflow_services_share_the_project_image(resolved: dict, service: str) 
 def test_worker_is_a_scalable_celery_worker(resolved: dict) -> None:
     worker = resolved["services"]["airflow-worker"]
     assert worker["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert worker["command"] == ["celery", "worker"] or worker["command"] == "celery worker"
+    assert _command(worker)[:2] == ["celery", "worker"]
+    assert _option(worker, "--queues") == "default"
     # A fixed container name or a published port would break `--scale airflow-worker=N`.
     assert "container_name" not in worker
     assert "ports" not in worker
     assert worker["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert worker["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def _command(service: dict) -> list[str]:
+    command = service["command"]
+    return command.split() if isinstance(command, str) else command
+
+
+def _option(service: dict, name: str) -> str | None:
+    command = _command(service)
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_a_device_hosts_worker_takes_its_queue_only(resolved: dict) -> None:
+    from mai_ops.dev.stack import DEVICE_HOST
+    from mai_ops.devices.pools import device_queue
+
+    services = resolved["services"]
+    device = services["airflow-worker-device"]
+    assert _command(device)[:2] == ["celery", "worker"]
+    # The same host by default as make up-celery's device worker, by the one naming rule.
+    assert _option(device, "--queues") == device_queue(DEVICE_HOST)
+    # Named by queue, so `celery inspect` and the result backend tell the workers apart.
+    assert _option(device, "--celery-hostname") == f"{device_queue(DEVICE_HOST)}@%h"
+    assert _option(services["airflow-worker"], "--celery-hostname") == "default@%h"
+    assert f"{device_queue(DEVICE_HOST)}@$${{HOSTNAME}}" in device["healthcheck"]["test"][1]
+    # Like the other worker otherwise: sandbox, device locks, what it waits for.
+    for key in ("security_opt", "depends_on", "volumes"):
+        assert device[key] == services["airflow-worker"][key], key
+    assert device["environment"]["MAI_OPS_DEVICE_LOCKS"]
+
+
+def test_no_log_server_and_settings_for_several_machines(resolved: dict) -> None:
+    """Logs in the shared volume (or S3), a visibility timeout past the longest task,
+    a JWT secret long enough for HS512."""
+    from mai_ops.dev.stack import CELERY_EXTRA_CONFIG
+    from mai_ops.timeouts import DEVICE_TASK_TIMEOUT_S, visibility_timeout_s
+
+    services = resolved["services"]
+    for name in ("airflow-worker", "airflow-worker-device", "airflow-triggerer"):
+        assert "--skip-serve-logs" in _command(services[name]), name
+    env = services["airflow-scheduler"]["environment"]
+    timeout = int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"])
+    assert timeout == visibility_timeout_s() > DEVICE_TASK_TIMEOUT_S
+    assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"].encode()) >= 64
+    assert json.loads(env["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"]) == CELERY_EXTRA_CONFIG
+    assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "false"
+    assert env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"] == "aws_default"
 
 
 def test_aws_connection_points_at_minio(resolved: dict) -> None:
@@ -177,8 +226,8 @@ def test_secrets_come_from_the_environment(tmp_path: Path) -> None:
     [
         pytest.param(
             lambda text: text.replace(
-                "    command: triggerer\n",
-                "    command: triggerer\n    not_a_compose_key: 1\n",
+                "    command: triggerer --skip-serve-logs\n",
+                "    command: triggerer --skip-serve-logs\n    not_a_compose_key: 1\n",
                 1,
             ),
             r"Unsupported config option for services\.airflow-triggerer: 'not_a_compose_key'",
@@ -215,6 +264,8 @@ def test_dockerfile_matches_the_locked_airflow_version() -> None:
     assert "uv export --frozen --no-dev" in dockerfile
     for folder in ("dags", "mai_ops", "include"):
         assert re.search(rf"^COPY .*\b{folder}/ /opt/airflow/{folder}/$", dockerfile, re.M)
+    # Installed, so every component loads the plugin that registers the phases' timetable.
+    assert "pip install --no-cache-dir --no-deps -e /opt/airflow" in dockerfile
 
 
 def test_workers_can_set_up_the_model_sandbox(resolved: dict) -> None:

@@ -95,6 +95,9 @@ def both(*mutations: Mutation) -> Mutation:
     return mutate
 
 
+PHONE = {"backend": "adb", "serial": "R5CN"}
+
+
 def ev(name: str) -> str:
     """Field path of an event in mai2021.yaml by name: "timeline[4]"."""
     return f"timeline[{EVENT_INDEX[name]}]"
@@ -483,9 +486,33 @@ BROKEN: list[Any] = [
         id="adb-device-without-serial",
     ),
     pytest.param(
+        set_("devices[0].host", "Lab_1"),
+        [("devices[0].host", "'Lab_1' is not a host name")],
+        id="device-host-not-a-host-name",
+    ),
+    pytest.param(
+        both(
+            *(set_(f"devices[{i}].{k}", v) for i in (0, 1) for k, v in PHONE.items()),
+            set_("devices[0].host", "a"),
+            set_("devices[1].host", "b"),
+        ),
+        [("devices[1].host", "phone 'R5CN' is on host 'b' here but on 'a' at devices[0]")],
+        id="one-phone-on-two-hosts",
+    ),
+    pytest.param(
         set_("tracks[0].limits", {"per_day": 10, "total": 5}),
         [("tracks[0].limits", "total (5) is smaller than per_day (10)")],
         id="limits-total-below-per-day",
+    ),
+    pytest.param(
+        set_("tracks[0].checks", {"timeout_s": 1, "memory_mb": 4096}),
+        [("tracks[0].checks.timeout_s", "greater than or equal to 5")],
+        id="checks-timeout-too-short",
+    ),
+    pytest.param(
+        set_("tracks[0].checks", {"timeout_s": 60, "ram": 4096}),
+        [("tracks[0].checks.ram", "unknown field")],
+        id="checks-unknown-field",
     ),
     pytest.param(
         set_("buckets.submissions", "My_Bucket"),

@@ -56,6 +56,8 @@ def test_dag_header(dagbag, dag_id):
     assert dag.catchup is False
     for task in dag.tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} retries {task.retries}"
+        # An outage of storage or the mail relay is waited out, longer after each try.
+        assert task.retry_exponential_backoff > 1 and task.max_retry_delay is not None
         assert task.owner == "mai-organizers"
         # An approval waits as long as it takes: the one task without a time limit.
         assert task.execution_timeout is not None or task.task_id == "approve_publication"

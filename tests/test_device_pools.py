@@ -31,6 +31,8 @@ from mai_ops.devices.pools import (
     VALIDATION_SLOTS,
     airflow_pools,
     device_pools,
+    device_queue,
+    device_queues,
     pool_name,
 )
 
@@ -157,6 +159,37 @@ def test_a_pool_is_the_hardware_one_slot_each():
     imported = airflow_pools([phones])
     assert imported[VALIDATION_POOL]["slots"] == VALIDATION_SLOTS >= 2
     assert imported.keys() - {VALIDATION_POOL} == pools.keys()
+
+
+def test_a_device_host_is_a_queue_and_its_cpu_a_pool_of_its_own():
+    """Declared hosts get one queue each; a litert device on a host measures on its CPU."""
+    phones = load_challenge(PROJECT / "include" / "challenges" / "mai2021.yaml").model_copy(
+        update={
+            "devices": [
+                Device(name="a", backend="adb", serial="R5CN", host="lab-1"),
+                Device(name="b", backend="adb", serial="X1", host="lab-2.example"),
+                Device(name="cpu1", host="lab-1"),
+                Device(name="cpu1_again", host="lab-1"),
+                Device(name="anywhere"),
+            ]
+        }
+    )
+    assert device_queues([phones]) == {
+        "lab-1": "mai_host_lab-1",
+        "lab-2.example": "mai_host_lab-2.example",
+    }
+    assert device_queue(None) is None  # Airflow's default queue: any worker
+    # A phone's pool is its serial, wherever it is plugged in; the CPUs are one per host.
+    pools = device_pools([phones])
+    assert sorted(pools) == [
+        "mai_device_adb_R5CN",
+        "mai_device_adb_X1",
+        "mai_device_cpu_lab-1",
+        "mai_device_local_cpu",
+    ]
+    assert pools["mai_device_cpu_lab-1"]["description"] == (
+        "the CPU of lab-1 (litert): mai2021/cpu1, mai2021/cpu1_again"
+    )
 
 
 def _intervals(tis: list[dict], task_id: str) -> list[tuple[dt.datetime, dt.datetime]]:

@@ -104,6 +104,7 @@ def test_each_code_has_one_stage_a_meaning_and_whose_fault():
     }
     ours = {c for c, entry in CODES.items() if entry.retry}
     assert {"internal_error", "benchmark_device_offline", "benchmark_timeout"} <= ours
+    assert registered("processing_stuck").stage == "internal" and "processing_stuck" in ours
     assert not {"zip_slip", "input_shape", "custom_op", "check_timeout", "fidelity_timeout"} & ours
     assert all(c.startswith("benchmark_") for c in stage_codes("benchmark"))
     assert all(c.startswith("fidelity_") for c in stage_codes("fidelity"))

@@ -497,3 +497,34 @@ def test_results_wait_for_approval_and_never_show_before_the_promised_instant(
         "bo@teams.example",
         "cy@teams.example",
     ]
+
+
+def test_storage_lost_in_the_middle_of_publishing_shows_nothing_half_done_and_sends_once(
+    s3_server, s3, airflow_connections, finals, built
+):
+    """The public bucket answers one more object, then is gone; twice, at two places."""
+    submit_everyone(s3, finals, built, ("depth",))
+    score_everything(finals)
+    public = load_challenge(finals).buckets.public
+    index = "leaderboard/index.html"
+    for armed in (f"PUT /{public}/", f"PUT /{public}/{index}"):
+        s3_server.arm_outage(armed, seconds=None)
+        try:
+            with pytest.raises(Exception, match="Could not connect|Connection was closed"):
+                tasks.publish_preliminary_results(finals)
+            assert s3_server.down
+        finally:
+            s3_server.back()
+        written = {o["Key"] for o in list_objects(s3, public)}
+        if index in written:  # the page the emails link to: only over a whole publication
+            expected = {"results/preliminary.json", "results/preliminary.csv"}
+            expected |= {f"leaderboard/depth/{name}" for name in ("index.html", "results.csv")}
+            assert expected <= written, written
+        assert _team_mails(airflow_connections.folder) == []
+    assert index in written  # the second outage came after the last public object
+
+    tasks.publish_preliminary_results(finals)  # the retry
+    tasks.publish_preliminary_results(finals)  # and a cleared task
+    mails = _team_mails(airflow_connections.folder)
+    assert sorted(m["To"] for m in mails) == [f"{t}@teams.example" for t in ("ada", "bo", "cy")]
+    assert len({m["Message-ID"] for m in mails}) == 3

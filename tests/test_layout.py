@@ -103,6 +103,9 @@ def test_the_stored_key_strings():
     assert not layout.has_ground_truth_segment("isp/gtx/0001.png")
     assert layout.frozen_key("depth", "borealis", "s.zip") == "frozen/depth/borealis/s.zip"
     assert layout.FROZEN_MANIFEST == "frozen/manifest.json"
+    marker = layout.processing_key("depth/validation/borealis/a.zip", "0123abcd")
+    assert marker.startswith("processing/") and marker.endswith(".json")
+    assert marker != layout.processing_key("depth/validation/borealis/a.zip", "0123abce")
     assert layout.frozen_key("t", "x", "f").startswith(layout.FROZEN)
     assert layout.score_key("depth", "borealis", "ab12") == "scores/depth/borealis/ab12/record.json"
     assert layout.score_key("t", "x", "00").startswith(layout.SCORES)

@@ -184,3 +184,66 @@ def test_a_key_with_control_characters_never_breaks_a_version_listing(s3):
     key = "depth/final/borealis/tab\there\x01.zip"
     s3.put_object(Bucket=bucket, Key=key, Body=b"x")
     assert [v["Key"] for v in list_versions(s3, bucket)] == [key]
+
+
+def test_an_s3_outage_refuses_requests_and_comes_back_with_every_object():
+    """The fault drills' lever: down right after an armed request, back with the same data."""
+    import botocore.config
+    import botocore.exceptions
+
+    from mai_ops.dev.embedded import LocalS3, s3_client
+
+    server = LocalS3().start()
+    try:
+        # One attempt per call, and a connection kept open across the outage.
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=server.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
+        )
+        s3.create_bucket(Bucket="drill")
+        s3.put_object(Bucket="drill", Key="a", Body=b"a")
+        server.arm_outage("PUT /drill/frozen/", seconds=None)
+        s3.put_object(Bucket="drill", Key="b", Body=b"b")  # not armed for this one
+        s3.put_object(Bucket="drill", Key="frozen/1", Body=b"1")  # answered, then down
+        assert server.down
+        errors = (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+        )
+        with pytest.raises(errors):
+            s3.put_object(Bucket="drill", Key="frozen/2", Body=b"2")
+        with pytest.raises(errors):
+            s3_client(server.endpoint_url).get_object(Bucket="drill", Key="a")
+        server.back()
+        listed = sorted(o["Key"] for o in list_objects(s3, "drill"))
+        assert listed == ["a", "b", "frozen/1"]
+        assert s3.get_object(Bucket="drill", Key="frozen/1")["Body"].read() == b"1"
+    finally:
+        server.stop()
+
+
+def test_an_smtp_outage_refuses_mail_and_keeps_the_outbox(tmp_path):
+    import smtplib
+
+    from mai_ops.dev.embedded import LocalSMTP, read_outbox
+
+    server = LocalSMTP(tmp_path / "outbox").start()
+    message = "From: a@example.org\r\nTo: b@example.org\r\nSubject: {}\r\n\r\nbody\r\n"
+    try:
+        with smtplib.SMTP(server.host, server.port) as relay:
+            relay.sendmail("a@example.org", ["b@example.org"], message.format("one"))
+        server.outage(seconds=None)
+        with pytest.raises(OSError):
+            smtplib.SMTP(server.host, server.port, timeout=5)
+        server.back()
+        with smtplib.SMTP(server.host, server.port) as relay:
+            relay.sendmail("a@example.org", ["b@example.org"], message.format("two"))
+        assert [m["Subject"] for m in read_outbox(server.folder)] == ["one", "two"]
+    finally:
+        server.stop()

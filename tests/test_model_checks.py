@@ -298,6 +298,14 @@ def test_model_that_hangs_is_a_timeout_and_keeps_what_was_learnt(models):
     assert report.ops[0] == "WHILE" and report.inputs[0]["shape"] == [1, 32, 32, 3]
 
 
+def test_a_model_that_crashes_the_interpreter_is_crashed(models):
+    """A real model whose preparation overflows LiteRT's native stack: SIGSEGV."""
+    report = check_model(models["crash"], FLOAT, ChildLimits(timeout_s=60, memory_mb=1024))
+    assert codes(report) == ["check_crashed"]
+    assert "SIGSEGV" in report.errors[0].message
+    assert report.ops and report.ops[0] == "WHILE"
+
+
 def test_child_killed_by_a_signal_is_crashed(models, monkeypatch):
     crash = f"import os, signal; os.kill(os.getpid(), signal.{signal.SIGSEGV.name})"
     monkeypatch.setattr(child, "child_command", lambda module: [sys.executable, "-c", crash])

@@ -370,3 +370,46 @@ def test_an_event_without_a_fixed_date_is_never_sent_even_by_name(s3, airflow_co
             MAI2021, "workshop_notices", at("camera_ready"), event="workshop_day", manual=True
         )
     assert read_outbox(airflow_connections.folder) == []
+
+
+# The storage goes away between two copies of a freeze: Could not connect (refused) or
+# Connection was closed (a request on a connection opened before), after botocore's retries.
+STORAGE_LOST = "Could not connect|Connection was closed"
+
+
+def test_storage_lost_in_the_middle_of_a_freeze_never_leaves_a_set_that_looks_complete(
+    s3_server, s3, airflow_connections
+):
+    from mai_ops.infra.storage import object_exists, sha256_of_object
+    from mai_ops.submissions.scoring import NoFrozenSet
+
+    upload(s3, "depth", "borealis")
+    upload(s3, "learned_isp", "aurora")
+    tasks.freeze_final(MAI2021, manual=True, early=True)  # a stored set, provisional
+    upload(s3, "depth", "borealis", b"in time, after the early freeze")
+    upload(s3, "quantized_sr", "aurora")
+    results = CH.buckets.results
+    # The freeze at the deadline: the storage answers its first copy, then is gone.
+    s3_server.arm_outage(f"PUT /{results}/frozen/", seconds=None)
+    try:
+        with pytest.raises(Exception, match=STORAGE_LOST):
+            tasks.freeze_final(MAI2021)
+        assert s3_server.down
+    finally:
+        s3_server.back()
+    copies = [o["Key"] for o in list_objects(s3, results, "frozen/")]
+    assert FROZEN_MANIFEST not in copies and copies, copies  # copies made, no manifest
+    with pytest.raises(NoFrozenSet):
+        tasks.list_frozen(MAI2021)  # scoring refuses: there is no final set meanwhile
+
+    tasks.freeze_final(MAI2021)  # the retry
+    manifest = get_json(s3, results, FROZEN_MANIFEST)
+    assert manifest["early"] is False
+    assert {(f["track"], f["team"]) for f in manifest["frozen"]} == {
+        ("depth", "borealis"),
+        ("learned_isp", "aurora"),
+        ("quantized_sr", "aurora"),
+    }
+    for entry in manifest["frozen"]:
+        assert sha256_of_object(s3, results, entry["frozen"]) == entry["sha256"]
+    assert object_exists(s3, results, FROZEN_MANIFEST)

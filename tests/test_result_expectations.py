@@ -29,7 +29,10 @@ CH = load_challenge(MAI2021)
 ONE_ROW = "one row per track and team"
 NEEDS_SCORE = "a ranked row has a score"
 NEEDS_PSNR = "a ranked row of a track measured by psnr has its psnr"
-PSNR_RANGE = "psnr is in [0, 100] dB"
+PSNR_RANGE = (
+    "psnr is finite and at most the 100 dB cap (below 0 dB: worse than a constant image, "
+    "still a result)"
+)
 RUNTIME = "runtime_ms is finite and above 0 (at most the largest finite float)"
 FORMULA = (
     "score equals the track's formula on the row's metrics and runtime with the table's "
@@ -158,6 +161,13 @@ def test_a_psnr_out_of_range_fails(table):
     report = validate_table(CH, bad)
     assert_named(report, PSNR_RANGE, ["learned_isp/dune"])
     assert "learned_isp/dune: psnr=150" in report.summary()
+    # A model worse than a constant image has a negative PSNR: a result, not an error.
+    poor = copy.deepcopy(table)
+    rows_of(poor, "learned_isp")["dune"]["psnr"] = -8.5
+    assert PSNR_RANGE not in failures(validate_table(CH, poor))
+    lost = copy.deepcopy(table)
+    rows_of(lost, "learned_isp")["dune"]["psnr"] = -math.inf
+    assert_named(validate_table(CH, lost), PSNR_RANGE, ["learned_isp/dune"])
 
 
 @pytest.mark.parametrize("runtime", [0.0, math.inf, -3.0])

@@ -458,3 +458,68 @@ def test_a_late_final_upload_is_told_it_is_not_in_the_final_set(s3, airflow_conn
     tasks.freeze_final(closed)
     manifest = get_json(s3, CH.buckets.results, "frozen/manifest.json")
     assert manifest["frozen"] == [] and manifest["rejected"][0]["key"] == key
+
+
+# --- stuck work: processing that started and never finished ---------------------------
+
+
+class CutOff(BaseException):
+    """What a task's time limit or a dying worker does to the code that runs: it stops
+    wherever it is, and no ``except Exception`` handles it."""
+
+
+def test_an_upload_whose_processing_never_finished_is_failed_once_and_the_organizers_told(
+    s3, airflow_connections, monkeypatch
+):
+    from mai_ops.devices import benchmark
+    from mai_ops.infra.layout import PROCESSING
+    from mai_ops.infra.storage import list_objects
+    from mai_ops.submissions.stuck import StuckWork
+    from mai_ops.timeouts import STUCK_AFTER_S
+
+    def cut_off(*args, **kwargs):
+        raise CutOff
+
+    key = "depth/validation/borealis/never-finishes.zip"
+    put_zip(s3, key, {"model.tflite": reference_model("depth")})
+    monkeypatch.setattr(benchmark, "run_benchmark", cut_off)
+    for _ in range(2):  # two tries, each cut off in the middle: no record, no answer
+        with pytest.raises(CutOff):
+            tasks.validate_upload(MAI2021, key)
+    assert [p["key"] for p in pending_uploads(s3, CH)] == [key]  # the sweep would take it again
+    [marker] = list_objects(s3, CH.buckets.results, PROCESSING)
+    marker = get_json(s3, CH.buckets.results, marker["Key"])
+    assert (marker["key"], marker["attempts"]) == (key, 2)
+    started = dt.datetime.fromisoformat(marker["first_started_at"])
+
+    # Within the limit it may still be running: nothing happens.
+    within = started + dt.timedelta(seconds=STUCK_AFTER_S - 60)
+    assert tasks.sweep_stuck_uploads(MAI2021, now=within)["stuck"] == 0
+    assert read_outbox(airflow_connections.folder) == []
+
+    # Past it: failed with its code and reason, the team answered, the organizers told.
+    past = started + dt.timedelta(seconds=STUCK_AFTER_S + 60)
+    with pytest.raises(StuckWork, match=rf"{key} \(processing started at .*\(2 attempt"):
+        tasks.sweep_stuck_uploads(MAI2021, now=past)
+    etag = s3.head_object(Bucket=CH.buckets.submissions, Key=key)["ETag"].strip('"')
+    record = get_json(s3, CH.buckets.results, record_key(key, etag))
+    assert record["status"] == "failed" and record["team"] == "borealis"
+    assert [e["code"] for e in record["errors"]] == ["processing_stuck"]
+    assert list(list_objects(s3, CH.buckets.results, PROCESSING)) == []
+    assert pending_uploads(s3, CH) == []  # nothing is taken again
+    [mail] = read_outbox(airflow_connections.folder)
+    assert mail["To"] == "borealis@teams.example" and "processing_stuck" in text_part(mail)
+
+    # The next sweep finds nothing and sends nothing.
+    assert tasks.sweep_stuck_uploads(MAI2021, now=past)["stuck"] == 0
+    assert len(read_outbox(airflow_connections.folder)) == 1
+
+
+def test_an_upload_processed_to_the_end_leaves_no_marker(s3, airflow_connections):
+    from mai_ops.infra.layout import PROCESSING
+    from mai_ops.infra.storage import list_objects
+
+    key = "depth/validation/borealis/no-model-either.zip"
+    put_zip(s3, key, {"readme.txt": b"no model"})
+    assert tasks.validate_upload(MAI2021, key)["status"] == "failed"
+    assert list(list_objects(s3, CH.buckets.results, PROCESSING)) == []

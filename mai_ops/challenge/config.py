@@ -48,6 +48,9 @@ _ADDRESS = re.compile(
 _PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~%/+-]*)?$")
 # S3 bucket naming rules, the subset that matters for a typo.
 _BUCKET = re.compile(r"^(?!\d+\.\d+\.\d+\.\d+$)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# A device host: a lowercase DNS name (labels of letters, digits and inner hyphens).
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_HOST = re.compile(rf"^(?=.{{1,63}}$){_LABEL}(?:\.{_LABEL})*$")
 
 
 class Phase(StrEnum):
@@ -166,6 +169,16 @@ class FidelitySettings(_Strict):
     unreproduced: Literal["rank", "exclude"] = "rank"
 
 
+class CheckSettings(_Strict):
+    """The model checks' sandboxed child (``checks:``): a model that hangs or allocates
+    without bound is stopped here and answered ``check_timeout`` / ``check_memory_exceeded``."""
+
+    # Wall-clock seconds for opening the model and one inference on each declared shape.
+    timeout_s: float = Field(default=120.0, ge=5, le=1800)
+    # Address space of the child, MiB.
+    memory_mb: int = Field(default=4096, ge=512, le=65536)
+
+
 class Track(_Strict):
     id: str = Field(pattern=_ID)
     title: str
@@ -183,6 +196,7 @@ class Track(_Strict):
     # The whole graph must run on the delegate (a partial CPU fallback fails the run).
     require_full_delegation: bool = False
     fidelity: FidelitySettings = FidelitySettings()
+    checks: CheckSettings = CheckSettings()
 
     def fidelity_model_file(self, archive_has_model_none: bool) -> str:
         """The archive's file that runs on the test images, per ``fidelity.model``."""
@@ -208,6 +222,20 @@ class Device(_Strict):
     memory_mb: int = Field(default=4096, ge=64)
     nnapi_accelerator: str | None = None
     benchmark_binary: str = "/data/local/tmp/benchmark_model"
+    # The machine the device is attached to (the phone's USB host, or the CPU a litert
+    # device measures on). Its benchmarks go to that machine's worker queue; none: any
+    # worker of the default queue.
+    host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, host: str | None) -> str | None:
+        if host is not None and not _HOST.match(host):
+            raise ValueError(
+                f"{host!r} is not a host name (lowercase letters, digits, '-' and '.', "
+                "at most 63 characters)"
+            )
+        return host
 
     @model_validator(mode="after")
     def _adb_needs_serial(self) -> Device:
@@ -548,6 +576,19 @@ def semantic_problems(ch: Challenge, file: str) -> list[Problem]:
             error(
                 f"timeline[{index[name]}].date",
                 f"{name} ({event.date.text()}) must come after {prev_name} ({prev.date.text()})",
+            )
+
+    # A phone is plugged into one machine: its benchmarks cannot go to two hosts' queues.
+    host_of_serial: dict[str, tuple[int, str | None]] = {}
+    for i, device in enumerate(ch.devices):
+        if device.backend != "adb" or not device.serial:
+            continue
+        first = host_of_serial.setdefault(device.serial, (i, device.host))
+        if first[1] != device.host:
+            error(
+                f"devices[{i}].host",
+                f"phone {device.serial!r} is on host {device.host or '(none)'!r} here but on "
+                f"{first[1] or '(none)'!r} at devices[{first[0]}]; a phone has one host",
             )
 
     devices = {d.name for d in ch.devices}

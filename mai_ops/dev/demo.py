@@ -60,6 +60,7 @@ PROJECT = PROJECT_ROOT
 # made in time: the deadline then passes while the first phases run.
 DEADLINE_MARGIN_S = 15
 ORGANIZER_ALERT = "organizer alert"
+AWS_SESSION_FACTORY = "mai_ops_airflow.aws_session.SharedLoaderSessionFactory"
 
 
 @dataclass
@@ -76,7 +77,10 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        # The api-server, scheduler and dag-processor write to one SQLite file; a writer
+        # waits up to 30 s for another's lock, not SQLite's 5 s, so a run triggered from
+        # the UI at a busy moment (just after a restart) is not answered with HTTP 500.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         # One worker slot per core is plenty here; the default starts 32 idle workers.
         "AIRFLOW__CORE__PARALLELISM": str(max(4, os.cpu_count() or 1)),
@@ -84,6 +88,8 @@ def airflow_env(home: Path) -> dict[str, str]:
         # The approval step is answered through the REST API, as the UI does, without a login.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "MAI_OPS_CHALLENGES_DIR": str(default_challenges_dir()),
+        # S3 clients share one decoded botocore data loader (mai_ops_airflow/aws_session.py).
+        "AIRFLOW__AWS__SESSION_FACTORY": AWS_SESSION_FACTORY,
     }
 
 

@@ -25,6 +25,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 DEFAULT_REGION = "us-east-1"
 EMBEDDED_KEY = "mai-ops-local"
 EMBEDDED_SECRET = "mai-ops-local-secret"
@@ -45,20 +47,30 @@ class LocalS3:
     their timestamps), notification settings and queues are loaded from it at start
     and written to it by :meth:`save` and at stop, so a restarted stack finds every
     upload and every sent-email marker where the Airflow database expects them.
+
+    :meth:`outage` and :meth:`arm_outage` take the endpoint down and bring it back with
+    the same objects, for fault drills: while it is down, new connections are refused
+    and a request arriving on an open connection gets the connection closed unanswered.
     """
 
     host: str = "127.0.0.1"
     port: int = 0
     state_file: Path | None = None
     _server: Any = field(default=None, repr=False)
+    _down: bool = field(default=False, repr=False)
+    _armed: tuple[str, float | None] | None = field(default=None, repr=False)
+    _back_timer: Any = field(default=None, repr=False)
+    _fault_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> LocalS3:
-        from moto.server import ThreadedMotoServer
+    @property
+    def down(self) -> bool:
+        return self._down
 
+    def start(self) -> LocalS3:
         # One access-log line per request would drown the task logs.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         if self.state_file is not None and self.state_file.exists():
@@ -72,9 +84,70 @@ class LocalS3:
         _encode_keys_in_version_listings()
         _anonymous_requests_follow_bucket_policies()
         self.port = self.port or free_port(self.host)
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self._server.start()
+        self._serve()
         return self
+
+    def _serve(self) -> None:
+        self._server = _FaultableMotoServer(
+            self, ip_address=self.host, port=self.port, verbose=False
+        )
+        self._server.start()
+
+    def outage(self, seconds: float | None = None) -> None:
+        """Go down now, keeping every object in memory; back after ``seconds`` (None: at
+        :meth:`back`). Connections are refused meanwhile, open ones closed unanswered."""
+        with self._fault_lock:
+            if self._down or self._server is None:
+                return
+            self._down = True
+        self._take_down(seconds)
+
+    def _take_down(self, seconds: float | None) -> None:
+        with self._fault_lock:
+            server, self._server = self._server, None
+        log.warning(
+            "S3 endpoint %s is down%s",
+            self.endpoint_url,
+            f" for {seconds:g} s" if seconds is not None else "",
+        )
+        if server is not None:
+            server.stop()  # the listening socket is closed: new connections are refused
+        if seconds is not None:
+            self._back_timer = threading.Timer(seconds, self.back)
+            self._back_timer.daemon = True
+            self._back_timer.start()
+
+    def arm_outage(self, request: str, seconds: float | None = None) -> None:
+        """Go down right after answering the first request that starts with ``request``
+        (``"<METHOD> /<bucket>/<key prefix>"``, path-style as boto3 sends it), e.g. between
+        two objects of a copy, for :meth:`outage`'s ``seconds``."""
+        self._armed = (request, seconds)
+
+    def back(self) -> None:
+        """End an outage: listen again on the same port, with the same objects."""
+        with self._fault_lock:
+            if self._back_timer is not None:
+                self._back_timer.cancel()
+                self._back_timer = None
+            if not self._down:
+                return
+            self._down = False
+            self._serve()
+        log.warning("S3 endpoint %s is back", self.endpoint_url)
+
+    def _armed_for(self, method: str, path: str) -> tuple[str, float | None] | None:
+        """The armed outage when this request is the one it waits for (else None): the
+        endpoint counts as down from now on, only this request is still answered."""
+        with self._fault_lock:
+            armed = self._armed
+            if armed is None or self._down or not f"{method} {path}".startswith(armed[0]):
+                return None
+            self._armed, self._down = None, True
+        log.warning("S3 endpoint answers %s %s, then goes down as armed", method, path)
+        return armed
+
+    def _answered(self, armed: tuple[str, float | None]) -> None:
+        self._take_down(armed[1])
 
     def save(self) -> bool:
         """Write the state file (atomically); False when a request changed it meanwhile."""
@@ -91,9 +164,15 @@ class LocalS3:
         return True
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        with self._fault_lock:
+            if self._back_timer is not None:
+                self._back_timer.cancel()
+                self._back_timer = None
+            running, down = self._server, self._down
+            self._server, self._down, self._armed = None, False, None
+        if running is not None:
+            running.stop()
+        if running is not None or down:
             # No request can arrive any more: this snapshot is complete.
             if self.state_file is not None and not self.save():
                 raise RuntimeError(f"could not write {self.state_file}")
@@ -101,6 +180,56 @@ class LocalS3:
     def client(self) -> Any:
         return s3_client(self.endpoint_url)
 
+
+def _faultable_server_class():
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class Handler(MotoRequestHandler):
+        owner: LocalS3
+
+        def parse_request(self) -> bool:
+            if self.owner.down:  # a request on a connection opened before the outage
+                self.close_connection = True
+                return False
+            return super().parse_request()
+
+        def run_wsgi(self) -> None:
+            armed = self.owner._armed_for(self.command, self.path)
+            super().run_wsgi()
+            if armed:  # answered: from now on nothing else is
+                self.owner._answered(armed)
+
+    class Server(ThreadedMotoServer):
+        def __init__(self, owner: LocalS3, **kwargs):
+            super().__init__(**kwargs)
+            self._handler = type("FaultableHandler", (Handler,), {"owner": owner})
+
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            self._server = make_server(
+                self._ip_address, self._port, app, True, request_handler=self._handler
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return Server
+
+
+def _FaultableMotoServer(owner: LocalS3, **kwargs):  # noqa: N802 - a class, built lazily
+    """moto's threaded server whose requests :class:`LocalS3`'s fault drills can see."""
+    global _SERVER_CLASS
+    if _SERVER_CLASS is None:
+        _SERVER_CLASS = _faultable_server_class()
+    return _SERVER_CLASS(owner, **kwargs)
+
+
+_SERVER_CLASS = None
 
 # The moto services the stack uses: S3 and the queue its notifications go to.
 _PERSISTED_SERVICES = ("s3", "sqs")
@@ -352,6 +481,7 @@ class LocalSMTP:
     port: int = 0
     refused: set[str] = field(default_factory=set)
     _controller: Any = field(default=None, repr=False)
+    _back_timer: Any = field(default=None, repr=False)
 
     def start(self) -> LocalSMTP:
         from aiosmtpd.controller import Controller
@@ -365,9 +495,36 @@ class LocalSMTP:
         return self
 
     def stop(self) -> None:
+        if self._back_timer is not None:
+            self._back_timer.cancel()
+            self._back_timer = None
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def outage(self, seconds: float | None = None) -> None:
+        """Stop accepting mail now (connections refused), for a fault drill; listen again
+        on the same port after ``seconds`` (None: at :meth:`back`). The outbox stays."""
+        if self._controller is None:
+            return
+        log.warning(
+            "SMTP server %s:%s is down%s",
+            self.host,
+            self.port,
+            f" for {seconds:g} s" if seconds is not None else "",
+        )
+        self._controller.stop()
+        self._controller = None
+        if seconds is not None:
+            self._back_timer = threading.Timer(seconds, self.back)
+            self._back_timer.daemon = True
+            self._back_timer.start()
+
+    def back(self) -> None:
+        """End an outage: accept mail again on the same port."""
+        if self._controller is None:
+            self.start()
+            log.warning("SMTP server %s:%s is back", self.host, self.port)
 
 
 def read_outbox(folder: Path) -> list[EmailMessage]:

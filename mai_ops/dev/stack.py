@@ -14,31 +14,47 @@ A restart continues where the last run stopped: the Airflow database, the outbox
 the S3 objects (kept in ``<home>/s3-state.pickle``) all persist, so no upload is lost
 and no email goes out twice. ``make clean`` starts afresh.
 
-Airflow runs as a child in its own process group, so this process alone decides how
-it stops: Ctrl-C, SIGTERM or SIGHUP shuts Airflow down first, then the two servers, and exits
-0; if Airflow dies by itself, the servers stop and its exit code is returned.
+``--executor celery`` (``make up-celery``) is the same product on the production path:
+CeleryExecutor, PostgreSQL for the metadata and the Celery results, Redis as the broker,
+and the components started one by one (api-server, scheduler, dag-processor, triggerer)
+with two Celery workers: one for Airflow's default queue, one for a device host's queue
+(``--device-host``, and every host a served challenge declares), as on the machine a
+phone is plugged into. Each home gets a database and a broker key prefix of its own, so
+two stacks (or test runs) on one server never share state.
+
+Airflow runs as children in a process group of their own, so this process alone decides
+how they stop: Ctrl-C, SIGTERM or SIGHUP shuts Airflow down first, then the two servers,
+and exits 0; if an Airflow component dies by itself (with ``--executor celery``: the
+api-server, or a component within 30 s of its start), the rest and the servers stop and
+its exit code is returned.
 
     python -m mai_ops.dev.stack [--port 8080] [--s3-port 9000] [--smtp-port 1025] [--home var/stack]
+                                [--executor celery [--postgres URL] [--redis URL] [--device-host H]]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from mai_ops import PROJECT_ROOT
 from mai_ops.challenge.config import Challenge, challenge_files, challenges_dirs, read_challenge
 from mai_ops.dev.embedded import EMBEDDED_KEY, EMBEDDED_SECRET, LocalS3, LocalSMTP, free_port
-from mai_ops.devices.pools import airflow_pools, import_pools
+from mai_ops.devices.pools import DEFAULT_QUEUE, airflow_pools, device_queue, import_pools
+from mai_ops.timeouts import visibility_timeout_s
 
 PROJECT = PROJECT_ROOT
 HOST = "127.0.0.1"
@@ -50,6 +66,25 @@ STOP_WAITS = {"SIGINT": 20.0, "SIGTERM": 10.0, "SIGKILL": 5.0}
 WATCH_SECONDS = 5.0
 SAVE_SECONDS = 30.0
 REHEARSAL = "rehearsal"
+EXECUTORS = ("local", "celery")
+# The local servers of this machine (trust auth on loopback, as a developer's are).
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379/0"
+# Imported once by each executor worker so a task starts without importing Airflow's task
+# runner, boto3, NumPy and LiteRT again (mai_ops_airflow/worker_preload.py).
+WORKER_PRELOAD = "mai_ops_airflow.worker_preload"
+# Celery: the result backend records which worker ran each task, and from which queue;
+# the worker's main process imports the preload before forking its pool (Celery's
+# ``imports``), so every task forked below it inherits it.
+CELERY_EXTRA_CONFIG = {"result_extended": True, "imports": [WORKER_PRELOAD]}
+DEVICE_HOST = "devices"
+# Celery task slots: the default worker takes checks and fidelity side by side; the
+# device host's worker mostly waits for its device (its pool lets one benchmark run).
+WORKER_CONCURRENCY = {"default": 4, "device": 2}
+# A Celery stack's component that ends after running this long is started again (one
+# that ends sooner is failing to start, and the stack stops).
+RESTART_AFTER_S = 30.0
+SECRET_SETTINGS = ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--home",
         type=Path,
-        default=PROJECT / "var" / "stack",
-        help="AIRFLOW_HOME: SQLite DB, logs, airflow.cfg; the outbox is <home>/outbox",
+        default=None,
+        help="AIRFLOW_HOME: SQLite DB, logs, airflow.cfg; the outbox is <home>/outbox "
+        "(default var/stack, or var/stack-celery with --executor celery)",
     )
     parser.add_argument(
         "--no-rehearsal",
@@ -71,7 +107,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="serve the challenge files only, without their rehearsal copies",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: airflow standalone on SQLite; celery: PostgreSQL, Redis and Celery "
+        "workers, each component started on its own",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("MAI_OPS_STACK_POSTGRES", POSTGRES),
+        help="(celery) a PostgreSQL server URL; the stack makes a database of its home's own",
+    )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("MAI_OPS_STACK_REDIS", REDIS),
+        help="(celery) the Redis broker URL; the stack's keys carry a prefix of its home's own",
+    )
+    parser.add_argument(
+        "--device-host",
+        default=DEVICE_HOST,
+        help="(celery) the device host the second worker stands for: it consumes that host's "
+        "queue and those of every host the served challenges declare",
+    )
+    args = parser.parse_args(argv)
+    if args.home is None:
+        args.home = PROJECT / "var" / ("stack" if args.executor == "local" else "stack-celery")
+    return args
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -211,6 +273,10 @@ def stack_env(
             # Naive dates given to the CLI (--logical-date 2021-03-20T17:00) mean the
             # challenges' local time. The UI does not read this: it uses the browser's zone.
             "AIRFLOW__CORE__DEFAULT_TIMEZONE": timezone,
+            # LocalExecutor's workers come from a forkserver that has imported what
+            # tasks need, so each task starts without importing it again.
+            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": WORKER_PRELOAD,
             # standalone starts its components as plain `airflow`, found on PATH.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         }
@@ -218,6 +284,190 @@ def stack_env(
     if challenge_dirs:
         env["MAI_OPS_CHALLENGES_DIR"] = os.pathsep.join(str(d) for d in challenge_dirs)
     return env
+
+
+def home_tag(home: Path) -> str:
+    """A name of ``home``'s own: its database and its broker key prefix."""
+    return "mai_ops_" + hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+
+
+def ensure_database(server: str, name: str) -> str:
+    """Create database ``name`` on the PostgreSQL ``server`` if it is missing; its URL."""
+    import psycopg2
+    from psycopg2 import errors
+
+    conn = psycopg2.connect(server)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                try:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+                except errors.DuplicateDatabase:  # made meanwhile by another start
+                    pass
+    finally:
+        conn.close()
+    parts = urllib.parse.urlsplit(server)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def forget_home(home: Path, postgres: str = POSTGRES, redis: str = REDIS) -> None:
+    """Drop the database and broker keys of ``home``'s Celery stack (kept across restarts
+    otherwise): what a throw-away stack of a test or a bench leaves behind."""
+    import psycopg2
+    import redis as redis_client
+
+    tag = home_tag(home)
+    conn = psycopg2.connect(postgres)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{tag}" WITH (FORCE)')
+    finally:
+        conn.close()
+    broker = redis_client.Redis.from_url(redis)
+    for key in broker.scan_iter(f"{tag}:*"):
+        broker.delete(key)
+
+
+def home_secrets(home: Path) -> dict[str, str]:
+    """The secrets every component shares, made once per home and kept (mode 0600).
+
+    HS512 wants a JWT key of at least 64 bytes; a restart must keep it, or the tokens
+    of tasks already running stop being accepted.
+    """
+    path = home / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    made = {"jwt_secret": secrets.token_urlsafe(64), "api_secret_key": secrets.token_urlsafe(32)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(made, out)
+    return made
+
+
+def celery_env(home: Path, postgres: str, redis: str) -> dict[str, str]:
+    """The settings of the Celery stack: what a deployment on several machines sets too."""
+    tag = home_tag(home)
+    database = ensure_database(postgres, tag).split("://", 1)[1]
+    kept = home_secrets(home)
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{database}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{database}",
+        "AIRFLOW__CELERY__BROKER_URL": redis,
+        # Every broker key of this home under its own prefix: one Redis serves many stacks.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"{tag}:",
+        # Longer than the longest task (a running benchmark is never handed out twice),
+        # far shorter than Celery's 24 h (mai_ops.timeouts).
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(visibility_timeout_s()),
+        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps(CELERY_EXTRA_CONFIG),
+        "AIRFLOW__API_AUTH__JWT_SECRET": kept["jwt_secret"],
+        "AIRFLOW__API__SECRET_KEY": kept["api_secret_key"],
+    }
+
+
+def celery_components(queues: list[str]) -> list[tuple[str, list[str]]]:
+    """(name, ``airflow`` arguments) of each process of the Celery stack, in start order.
+
+    ``queues``: what the device host's worker consumes. Every worker and the triggerer
+    would serve their logs on all interfaces (port 8793/8794, one per machine: a second
+    worker could not start); they run without, as every component here writes and
+    reads the one log folder of the home.
+    """
+    host_queue = queues[0]
+    return [
+        ("api-server", ["api-server"]),
+        ("scheduler", ["scheduler"]),
+        ("dag-processor", ["dag-processor"]),
+        ("triggerer", ["triggerer", "--skip-serve-logs"]),
+        *(
+            (
+                name,
+                [
+                    "celery",
+                    "worker",
+                    "--queues",
+                    ",".join(consumed),
+                    "--celery-hostname",
+                    f"{worker}@%h",
+                    "--concurrency",
+                    str(WORKER_CONCURRENCY[kind]),
+                    "--skip-serve-logs",
+                ],
+            )
+            for name, kind, worker, consumed in (
+                ("worker", "default", DEFAULT_QUEUE, [DEFAULT_QUEUE]),
+                ("worker-device", "device", host_queue, queues),
+            )
+        ),
+    ]
+
+
+def _relay(name: str, stream, width: int) -> None:
+    """Copy a component's output to ours, each line behind its name (as standalone does)."""
+    for line in iter(stream.readline, b""):
+        text = line.decode(errors="replace").rstrip("\n")
+        print(f"{name:<{width}} | {text}", flush=True)
+    stream.close()
+
+
+def start_components(
+    airflow: Path, components: list[tuple[str, list[str]]], env: dict[str, str]
+) -> list[subprocess.Popen]:
+    """Start each component in one new process group (the first one leads it)."""
+    procs: list[subprocess.Popen] = []
+    width = max(len(name) for name, _ in components)
+    for name, cmd in components:
+        procs.append(_start_component(airflow, name, cmd, env, procs[0].pid if procs else 0, width))
+    return procs
+
+
+def _start_component(
+    airflow: Path, name: str, cmd: list[str], env: dict[str, str], group: int, width: int
+) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [str(airflow), *cmd],
+        env={**env, "PYTHONUNBUFFERED": "1"},  # lines as they come, not when a pipe fills
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        process_group=group,
+    )
+    proc.component, proc.command, proc.env, proc.width = name, cmd, env, width
+    proc.started = time.monotonic()
+    threading.Thread(target=_relay, args=(name, proc.stdout, width), daemon=True).start()
+    return proc
+
+
+def restartable(procs: list[subprocess.Popen], proc: subprocess.Popen) -> bool:
+    """Whether a component of the Celery stack that ended is started again.
+
+    As ``restart: always`` does in docker-compose.yaml: a worker or scheduler that was
+    killed (or crashed after it was up) comes back, and Celery and Airflow take over
+    what it was doing. One that ends within :data:`RESTART_AFTER_S` of its start is
+    failing to start: the stack stops and says so. The api-server leads the process
+    group the stack stops by, so it is not replaced.
+    """
+    return (
+        getattr(proc, "command", None) is not None
+        and proc is not procs[0]
+        and time.monotonic() - proc.started >= RESTART_AFTER_S
+    )
+
+
+def restart_component(procs: list[subprocess.Popen], proc: subprocess.Popen) -> None:
+    """Start ``proc``'s component again in its place, in the stack's process group."""
+    up = time.monotonic() - proc.started
+    print(
+        f"stack: {proc.component} ended (code {proc.returncode}) after {up:.0f} s; "
+        "starting it again",
+        flush=True,
+    )
+    again = _start_component(
+        Path(proc.args[0]), proc.component, proc.command, proc.env, procs[0].pid, proc.width
+    )
+    procs[procs.index(proc)] = again
 
 
 def write_airflow_cfg(path: Path, env: dict[str, str]) -> None:
@@ -294,17 +544,20 @@ def _title(proc) -> str:
         return str(proc.pid)
 
 
-def stop_airflow(proc: subprocess.Popen) -> None:
+def stop_airflow(procs: subprocess.Popen | list[subprocess.Popen]) -> None:
     """SIGINT to the group (what Ctrl-C does, the path standalone is built for), then
-    SIGTERM, then SIGKILL. Task processes sit in groups of their own, so every
-    descendant seen at the start is waited for too."""
+    SIGTERM, then SIGKILL. The first process leads the group. Task processes sit in
+    groups of their own, so every descendant seen at the start is waited for too."""
     import psutil
 
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    pgid = proc.pid
+    procs = procs if isinstance(procs, list) else [procs]
+    descendants = []
+    for proc in procs:
+        try:
+            descendants += psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            pass
+    pgid = procs[0].pid
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         members = _group_members(pgid, descendants)
         if not members:
@@ -321,7 +574,8 @@ def stop_airflow(proc: subprocess.Popen) -> None:
                 pass
         deadline = time.monotonic() + STOP_WAITS[sig.name]
         while time.monotonic() < deadline:
-            proc.poll()  # reap the leader so it does not linger as a zombie
+            for proc in procs:
+                proc.poll()  # reap the children so they do not linger as zombies
             if not _group_members(pgid, descendants):
                 break
             time.sleep(0.2)
@@ -331,7 +585,70 @@ def stop_airflow(proc: subprocess.Popen) -> None:
             print(
                 f"stack: {len(left)} Airflow process(es) outlived {sig.name}: {names}", flush=True
             )
-    proc.poll()
+    for proc in procs:
+        proc.poll()
+
+
+def start_airflow(args: argparse.Namespace, env: dict[str, str], served: list[Path]):
+    """The Airflow processes: standalone, or each component of the Celery stack."""
+    airflow = Path(sys.executable).with_name("airflow")
+    if args.executor == "local":
+        proc = subprocess.Popen([str(airflow), "standalone"], env=env, process_group=0)
+        proc.component = "airflow standalone"
+        return [proc]
+    return start_components(airflow, celery_components(host_queues(args, served)), env)
+
+
+def host_queues(args: argparse.Namespace, served: list[Path]) -> list[str]:
+    """The device worker's queues: ``--device-host``'s, then every declared host's."""
+    from mai_ops.devices.pools import device_queues
+
+    files = [p for d in served for p in challenge_files(d)]
+    declared = device_queues(c for c in (read_challenge(f)[0] for f in files) if c is not None)
+    return list(dict.fromkeys([device_queue(args.device_host), *declared.values()]))
+
+
+FAULT_FILE = "fault.json"
+
+
+def request_fault(home: Path, pid: int, s3: dict | None = None, smtp: dict | None = None) -> None:
+    """Ask the running stack (process ``pid``, home ``home``) for a fault drill.
+
+    ``s3`` / ``smtp``: ``{"seconds": 30}`` takes that server down now for 30 s;
+    ``{"seconds": 30, "after": "PUT /<bucket>/<prefix>"}`` takes S3 down right after it
+    answered the first such request. Each server keeps its data and comes back on its
+    port. The stack prints one ``stack: fault drill:`` line per server when it has
+    applied the request (within a second).
+    """
+    plan = {k: v for k, v in (("s3", s3), ("smtp", smtp)) if v is not None}
+    path = home / FAULT_FILE
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(plan))
+    os.replace(partial, path)
+    os.kill(pid, signal.SIGUSR1)
+
+
+def apply_fault(home: Path, s3: LocalS3, smtp: LocalSMTP) -> list[str]:
+    """Apply (and remove) the request :func:`request_fault` wrote; what was done."""
+    path = home / FAULT_FILE
+    try:
+        plan = json.loads(path.read_text())
+        path.unlink()
+    except (OSError, ValueError) as exc:
+        return [f"no readable {FAULT_FILE} ({exc!r})"]
+    done = []
+    if "s3" in plan:
+        seconds, after = plan["s3"].get("seconds"), plan["s3"].get("after")
+        if after:
+            s3.arm_outage(after, seconds)
+            done.append(f"S3 goes down for {seconds} s after answering {after!r}")
+        else:
+            s3.outage(seconds)
+            done.append(f"S3 down for {seconds} s")
+    if "smtp" in plan:
+        smtp.outage(plan["smtp"].get("seconds"))
+        done.append(f"SMTP down for {plan['smtp'].get('seconds')} s")
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGHUP too: a closed terminal must not leave Airflow running in its own group.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    faulted = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: faulted.set())
 
     port = args.port or free_port(HOST)
     for name, wanted in (
@@ -365,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
             stale.unlink()
     s3 = LocalS3(host=HOST, port=args.s3_port, state_file=home / "s3-state.pickle")
     smtp = LocalSMTP(home / "outbox", host=HOST, port=args.smtp_port)
-    proc: subprocess.Popen | None = None
+    procs: list[subprocess.Popen] = []
     try:
         s3.start()
         smtp.start()
@@ -378,42 +697,55 @@ def main(argv: list[str] | None = None) -> int:
             served,
             common_timezone([p for d in sources for p in challenge_files(d)]),
         )
+        if args.executor == "celery":
+            env.update(celery_env(home, args.postgres, args.redis))
         airflow = Path(sys.executable).with_name("airflow")
         # Device pools must exist before the scheduler sees a benchmark task, or the
         # task would wait forever on a pool that is not there.
         subprocess.run(
             [str(airflow), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL
         )
-        write_airflow_cfg(home / "airflow.cfg", env)
+        # The shared secrets stay out of the file: the environment carries them.
+        write_airflow_cfg(
+            home / "airflow.cfg",
+            {k: v for k, v in env.items() if k not in SECRET_SETTINGS},
+        )
         watcher = ChallengeWatcher(s3.endpoint_url, env, sources, rehearsals)
         for line in watcher.sync():
             print(f"stack: {line}", flush=True)
         ui = f"http://{HOST}:{port}"
-        print(
-            "\n".join(
-                [
-                    "== mai-ops stack ==",
-                    f"Airflow UI + API : {ui}   (no login)",
-                    f"S3 endpoint      : {s3.endpoint_url}   "
-                    f"(key {EMBEDDED_KEY}, secret {EMBEDDED_SECRET})",
-                    f"S3 state         : {s3.state_file}",
-                    f"SMTP             : {HOST}:{smtp.port}",
-                    f"outbox (.eml)    : {smtp.folder}",
-                    f"challenge files  : {os.pathsep.join(str(d) for d in served)}",
-                    f"AIRFLOW_HOME     : {home}",
-                    "Ctrl-C stops everything.",
-                    "",
-                ]
-            ),
-            flush=True,
-        )
+        lines = [
+            "== mai-ops stack ==",
+            f"Airflow UI + API : {ui}   (no login)",
+            f"S3 endpoint      : {s3.endpoint_url}   "
+            f"(key {EMBEDDED_KEY}, secret {EMBEDDED_SECRET})",
+            f"S3 state         : {s3.state_file}",
+            f"SMTP             : {HOST}:{smtp.port}",
+            f"outbox (.eml)    : {smtp.folder}",
+            f"challenge files  : {os.pathsep.join(str(d) for d in served)}",
+            f"AIRFLOW_HOME     : {home}",
+        ]
+        if args.executor == "celery":
+            lines += [
+                f"executor         : CeleryExecutor, database {home_tag(home)} on "
+                f"{urllib.parse.urlsplit(args.postgres).netloc}, broker {args.redis} "
+                f"(keys {home_tag(home)}:*)",
+                f"worker queues    : {DEFAULT_QUEUE}; device host: "
+                f"{', '.join(host_queues(args, served))}",
+            ]
+        print("\n".join([*lines, "Ctrl-C stops everything.", ""]), flush=True)
         if stop.is_set():
             return 0
-        proc = subprocess.Popen([str(airflow), "standalone"], env=env, process_group=0)
+        procs = start_airflow(args, env, served)
 
         announced = False
         watched = saved = time.monotonic()
-        while proc.poll() is None and not stop.wait(1.0):
+        while not stop.wait(1.0):
+            ended = [p for p in procs if p.poll() is not None]
+            if not all(restartable(procs, p) for p in ended):
+                break
+            for proc in ended:
+                restart_component(procs, proc)
             if not announced and api_ready(port):
                 print(f"stack: Airflow UI is up at {ui}", flush=True)
                 announced = True
@@ -424,20 +756,25 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # a file half-written, a pool import that failed
                     print(f"stack: serving the challenge files failed: {exc!r}", flush=True)
                 watched = time.monotonic()
+            if faulted.is_set():
+                faulted.clear()
+                for line in apply_fault(home, s3, smtp):
+                    print(f"stack: fault drill: {line}", flush=True)
             if time.monotonic() - saved >= SAVE_SECONDS and s3.save():
                 saved = time.monotonic()
         if stop.is_set():
             print("stack: stopping Airflow ...", flush=True)
-            stop_airflow(proc)
+            stop_airflow(procs)
             print("stack: Airflow stopped", flush=True)
             return 0
-        code = proc.returncode
-        print(f"stack: airflow standalone exited on its own (code {code})", file=sys.stderr)
-        stop_airflow(proc)  # its components may outlive it
+        dead = next(p for p in procs if p.poll() is not None)
+        code = dead.returncode
+        print(f"stack: {dead.component} exited on its own (code {code})", file=sys.stderr)
+        stop_airflow(procs)  # the other components, or standalone's, may outlive it
         return code if code >= 0 else 128 - code
     finally:
-        if proc is not None and proc.poll() is None:
-            stop_airflow(proc)
+        if any(p.poll() is None for p in procs):
+            stop_airflow(procs)
         smtp.stop()
         s3.stop()
         print("stack: S3 and SMTP servers stopped", flush=True)
@@ -455,11 +792,14 @@ def spawn(
     env: dict[str, str] | None = None,
     smtp_port: int = 0,
     rehearsal: bool = False,
+    executor: str = "local",
+    options: list[str] | None = None,
 ) -> subprocess.Popen:
     """Start the stack as a child in its own session (tests and benchmarks drive it so).
 
     Stop it with SIGINT to the session, as Ctrl-C would; its output goes to ``log``.
-    Without ``rehearsal`` it serves only the given challenge files.
+    Without ``rehearsal`` it serves only the given challenge files. ``options``: more
+    of the command line (``--device-host``, ``--postgres``, ...).
     """
     cmd = [
         sys.executable,
@@ -472,11 +812,17 @@ def spawn(
     ]
     cmd += ["--smtp-port", str(smtp_port), "--home", str(home)]
     cmd += [] if rehearsal else ["--no-rehearsal"]
+    cmd += ["--executor", executor, *(options or [])]
+    env = dict(env if env is not None else os.environ)
+    # standalone's scheduler and triggerer serve logs on fixed ports (8793, 8794): two
+    # stacks side by side (tests run in parallel) each take free ones.
+    for option in ("WORKER_LOG_SERVER_PORT", "TRIGGER_LOG_SERVER_PORT"):
+        env.setdefault(f"AIRFLOW__LOGGING__{option}", str(free_port()))
     with log.open("wb") as out:
         return subprocess.Popen(
             cmd,
             cwd=PROJECT,
-            env=env if env is not None else dict(os.environ),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

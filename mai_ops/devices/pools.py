@@ -7,10 +7,16 @@ instead: a few uploads are checked at once and only their benchmarks queue for t
 device, behind its lock (:mod:`mai_ops.devices.lock`).
 
 A device pool stands for the hardware, not for a name in a config: every ``litert``
-device measures on the worker's own CPU, so they all share one pool, and an Android
-phone is its ``serial``, whatever names point at it. The pools are created by the
-project (``make up``, the demo, the compose init) from the challenge files, never by
-hand.
+device measures on the worker's own CPU, so they all share one pool (one per host when
+they declare their ``host``), and an Android phone is its ``serial``, whatever names
+point at it.
+
+A device that declares its ``host`` (the machine the phone is plugged into) has its
+benchmarks sent to that host's Celery queue (:func:`device_queue`), which only the
+workers of that machine consume; with the LocalExecutor the queue is ignored.
+
+The pools are created by the project (``make up``, the demo, the compose init) from the
+challenge files, never by hand.
 """
 
 from __future__ import annotations
@@ -26,13 +32,56 @@ LOCAL_CPU_POOL = "mai_device_local_cpu"
 # for its checks. On a larger worker, raise the slots (Admin > Pools in the UI).
 VALIDATION_POOL = "mai_validation"
 VALIDATION_SLOTS = 2
+# Airflow's own queue (``[operators] default_queue``): every worker without a device.
+DEFAULT_QUEUE = "default"
 
 
 def pool_name(device: Device) -> str:
     """The pool of the hardware ``device`` measures on."""
     if device.backend == "adb":
         return "mai_device_adb_" + re.sub(r"[^A-Za-z0-9_.-]", "_", device.serial or device.name)
+    if device.host:  # that host's CPU, not the one of whichever worker took the task
+        return f"mai_device_cpu_{device.host}"
     return LOCAL_CPU_POOL
+
+
+def device_queue(host: str | None) -> str | None:
+    """The Celery queue of the workers on ``host``; None: the default queue, any worker.
+
+    The prefix keeps a host named like Airflow's own queue (``default``) apart from it.
+    Workers on that machine consume it: ``airflow celery worker -q <queue>``.
+    """
+    return f"mai_host_{host}" if host else None
+
+
+def device_queues(challenges: Iterable[Challenge]) -> dict[str, str]:
+    """{host: queue} of every host a device declares."""
+    hosts = {d.host for c in challenges for d in c.devices if d.host}
+    return {host: device_queue(host) for host in sorted(hosts)}
+
+
+def challenge_queues(challenge: Challenge) -> dict[str, str]:
+    """{host: queue} of the hosts ``challenge``'s tracks benchmark on."""
+    hosts = {challenge.device(t.device).host for t in challenge.tracks}
+    return {host: device_queue(host) for host in sorted(h for h in hosts if h)}
+
+
+def batches_by_queue(challenge: Challenge, batches: list[list[str]]) -> dict[str, list[list[str]]]:
+    """The validation server's batches, by the queue of the host their track's device is on.
+
+    A batch is one owner's uploads (``<track>/<phase>/<team>``), so one track, one
+    device. Batches of a device without a host, or of no known track (a misplaced
+    upload, refused without a benchmark), go to ``DEFAULT_QUEUE``. Every queue of
+    the challenge is a key, empty or not, so the DAG can map over each.
+    """
+    routed: dict[str, list[list[str]]] = {DEFAULT_QUEUE: []}
+    routed |= {queue: [] for queue in challenge_queues(challenge).values()}
+    tracks = {t.id: t for t in challenge.tracks}
+    for keys in batches:
+        track = tracks.get(keys[0].split("/", 1)[0])
+        host = challenge.device(track.device).host if track else None
+        routed[device_queue(host) or DEFAULT_QUEUE].append(keys)
+    return routed
 
 
 def device_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
@@ -44,13 +93,19 @@ def device_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
     return {
         name: {
             "slots": 1,
-            "description": ("the worker's CPU (litert)" if name == LOCAL_CPU_POOL else "phone")
-            + ": "
-            + ", ".join(sorted(devices)),
+            "description": _pool_kind(name) + ": " + ", ".join(sorted(devices)),
             "include_deferred": False,
         }
         for name, devices in users.items()
     }
+
+
+def _pool_kind(name: str) -> str:
+    if name == LOCAL_CPU_POOL:
+        return "the worker's CPU (litert)"
+    if name.startswith("mai_device_cpu_"):
+        return f"the CPU of {name.removeprefix('mai_device_cpu_')} (litert)"
+    return "phone"
 
 
 def airflow_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:

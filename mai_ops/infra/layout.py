@@ -176,6 +176,15 @@ def unknown_team_key(upload_key: str, etag: str, team: str) -> str:
     return f"{unknown_team_prefix(team)}{version_digest(upload_key, etag)}.json"
 
 
+PROCESSING = "processing/"
+
+
+def processing_key(upload_key: str, etag: str) -> str:
+    """The marker of an upload being processed: written when its processing starts,
+    removed with its record stored; one left behind is work that never finished."""
+    return f"{PROCESSING}{version_digest(upload_key, etag)}.json"
+
+
 FROZEN = "frozen/"
 FROZEN_MANIFEST = f"{FROZEN}manifest.json"
 

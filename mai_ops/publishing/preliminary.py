@@ -87,9 +87,11 @@ def publish_preliminary(s3: Any, challenge: Challenge) -> dict:
     """Publish the validated results; return the public table.
 
     To the public bucket: the whole table as JSON and CSV
-    (:data:`~mai_ops.infra.layout.PRELIMINARY_JSON`, ``PRELIMINARY_CSV``), and the
+    (:data:`~mai_ops.infra.layout.PRELIMINARY_JSON`, ``PRELIMINARY_CSV``), then the
     final leaderboard (:func:`mai_ops.publishing.leaderboard.render_leaderboard`: a
-    page, CSV, JSON and plots per track under ``leaderboard/``, and the index page).
+    page, CSV, JSON and plots per track under ``leaderboard/``, and the index page
+    last). Every object is the same for the same table, so a retry after an outage
+    rewrites what was already there and completes the rest.
     """
     from mai_ops.publishing.leaderboard import (
         csv_cell,
@@ -99,7 +101,6 @@ def publish_preliminary(s3: Any, challenge: Challenge) -> dict:
 
     table = public_table(validated_results(s3, challenge))
     public = challenge.buckets.public
-    publish_leaderboard(s3, public, FINAL_PHASE, render_leaderboard(table, challenge))
     put_json(s3, public, PRELIMINARY_JSON, table)
     metrics = sorted({m for t in table["tracks"].values() for m in t["metrics"]})
     out = io.StringIO()
@@ -114,4 +115,7 @@ def publish_preliminary(s3: Any, challenge: Challenge) -> dict:
         Body=out.getvalue().encode(),
         ContentType="text/csv; charset=utf-8",
     )
+    # Last, and its index last of all: the page the emails link to appears only once
+    # everything it leads to is there, so a publication cut short shows nothing half done.
+    publish_leaderboard(s3, public, FINAL_PHASE, render_leaderboard(table, challenge))
     return table

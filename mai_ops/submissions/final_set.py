@@ -23,6 +23,11 @@ deadline instant, never a later replacement:
 - What the manifest says: the sha256 and size are read from the frozen copy itself;
   the time, ETag and version id are the listed version's, the one that was copied.
 
+The manifest is written last, once every copy is made and read back, so a freeze cut
+short by a storage outage or a killed worker leaves no manifest (a freeze that replaces
+a stored set withdraws the old manifest before its first copy): no reader ever takes a
+partial set for the final set, and the retry freezes everything again.
+
 Registered teams with nothing frozen in a track they registered for are listed as
 missing; every refused upload is listed with its code, its reason and the team its
 key names, so nobody is silently dropped and each receipt names that team's own. Keys
@@ -185,6 +190,14 @@ def freeze_final_set(
         if early or not stored.get("early"):
             return stored
     deadline = final_deadline(challenge)
+    if object_exists(s3, buckets.results, FROZEN_MANIFEST):
+        # This freeze replaces a stored set (an early one, or `refreeze`), and rewrites
+        # its frozen copies in place: the stored manifest is withdrawn first, so a freeze
+        # cut short (storage lost, a worker killed) never leaves a manifest standing over
+        # copies that changed under it. Until the new manifest is written last, there is
+        # no frozen set: scoring and publishing refuse, and a retry freezes again.
+        log.info("withdrawing the stored final set of %s before freezing again", challenge.id)
+        s3.delete_object(Bucket=buckets.results, Key=FROZEN_MANIFEST)
     versioned = bucket_versioned(s3, buckets.submissions)
     if not versioned:
         log.warning(

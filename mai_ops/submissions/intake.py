@@ -431,7 +431,8 @@ def check_submission(
     """Unpack ``archive`` into ``workdir``, convert if needed, check the model(s).
 
     ``workdir`` is scratch space owned by the caller; ``workdir/unpacked`` and
-    ``workdir/converted`` are replaced. ``sandbox``: the model checks' limits.
+    ``workdir/converted`` are replaced. ``sandbox``: the model checks' limits (default:
+    the track's ``checks`` settings).
     ``representative`` is a ``.npy`` file of N input samples for INT8 conversion
     (N x the track's input shape without its batch); without it, 8 seeded uniform
     [0, 1) samples are used.
@@ -444,6 +445,8 @@ def check_submission(
         known = ", ".join(t.id for t in challenge.tracks) or "none"
         report.add("unknown_track", f"{challenge.id} has no track {track_id!r} (known: {known})")
         return report
+    if sandbox is None:
+        sandbox = ChildLimits(timeout_s=track.checks.timeout_s, memory_mb=track.checks.memory_mb)
 
     unpacked = workdir / "unpacked"
     converted_dir = workdir / "converted"

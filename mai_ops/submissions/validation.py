@@ -45,6 +45,7 @@ from mai_ops.infra.storage import (
     sha256_of_file,
 )
 from mai_ops.submissions.evaluation import Evaluation, evaluate, retryable
+from mai_ops.submissions.stuck import mark_finished, mark_started
 
 # A run answers at most this many uploads in all, and at most MAX_PER_OWNER of one
 # owner's (``<track>/<phase>/<team>``), taken round-robin; the next run takes the rest.
@@ -232,6 +233,7 @@ def _process_version(
         rejudged = stale_unknown_team(stored, teams)
         if not (retry_failed and (retryable(stored) or rejudged)):
             return stored
+    mark_started(s3, results, head, key)  # removed by _store: a marker left is stuck work
     uploaded_at = head["LastModified"].astimezone(dt.UTC)
     record = Evaluation(
         key=key,
@@ -293,8 +295,10 @@ def _store(s3: Any, results: str, record: Evaluation, teams: list[Team], rejudge
             note,
             {"key": record.key, "etag": record.etag, "registry": data["registry"]},
         )
+        mark_finished(s3, results, record.key, record.etag)
         return data
     put_json(s3, results, upload_record_key(record.key, record.etag), data)
     if rejudged:
         s3.delete_object(Bucket=results, Key=note)
+    mark_finished(s3, results, record.key, record.etag)
     return data
