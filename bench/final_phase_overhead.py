@@ -2,7 +2,8 @@
 
 Generates a challenge with three tracks (PSNR/SSIM, si-RMSE, top-k), N registered teams
 and N frozen final submissions spread over the tracks (real TFLite models, a staged
-hidden test set), then runs the scoring DAG through Airflow on the embedded default:
+hidden test set: :mod:`mai_ops.dev.final_phase`, shared with ``bench/scaleout.py``), then
+runs the scoring DAG through Airflow on the embedded default:
 the local stack of ``make up`` (scheduler, LocalExecutor, the local S3-compatible and
 SMTP servers), the run triggered through the REST API; ``--in-process`` runs it with
 ``dag.test()`` one task at a time, as ``make demo`` does. Pure work
@@ -11,7 +12,26 @@ checks (integrity, unpack, conversion, checks), the benchmark and the fidelity r
 every submission. Everything else (task start, XCom, the per-task S3 reads and writes,
 the ranking and its Great Expectations validation, the scheduler loop) is overhead.
 
+On the stack it also prints, per stage, the sum of the task durations against the work
+measured inside them, and how long tasks waited between queued and running: the
+difference is a task's own start (fork, DAG file parse, S3 client, XCom) and the
+machine's two cores shared with the scheduler, API server and DAG processor.
+``bench/worker_preload.py`` measures the part a task spends importing and parsing.
+
 Reference: the pure work itself (ratio 1.0). Target: wall / pure work <= 1.3 at N = 100.
+
+Last measured on two quiet cores, N = 100 (404 task instances): with the scheduler's
+idle sleep at Airflow's 1 s, wall 389 and 399 s in two runs (pure work 189 and 226 s,
+ratio 2.06 and 1.77); at 0.2 s (AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2 in
+the environment; not the default: it lets a dropped-in challenge's late phase start
+before the stack has made its buckets), wall 332 s, pure work 197 s,
+ratio 1.68 (the pure work itself varies by a tenth or more between runs). Where the
+rest goes: every task carries 0.3 to 0.9 s around its work (its process, the DAG
+file, XCom, the stage files on S3; a `score` task is only that, 0.46 s), 400 tasks
+share two cores with the scheduler, API server and DAG processor, and the benchmarks
+take turns on the one device slot: 100 tasks of 1.6 s (1.2 s of measuring in each),
+with a hand-over between them (the scheduler's turn, then the executor's start) that
+the report prints: 0.28 s and 0.09 s (medians) at 0.2 s.
 
     .venv/bin/python bench/final_phase_overhead.py -n 20
     .venv/bin/python bench/final_phase_overhead.py -n 100
@@ -23,13 +43,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
-import json
+import itertools
 import os
 import sys
 import tempfile
-import time
-import zipfile
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -80,175 +97,59 @@ TRACKS = [
 ]
 
 
-def challenge_file(folder: Path, teams: int) -> Path:
-    today = dt.datetime.now(dt.UTC).date()
-
-    def day(offset: int) -> str:
-        return (today + dt.timedelta(days=offset)).isoformat()
-
-    config = {
-        "id": "overhead",
-        "title": "Final phase overhead bench",
-        "timezone": "UTC",
-        "participants": {"source": "file", "path": "teams.csv"},
-        "buckets": {k: f"overhead-{k}" for k in ("organizers", "submissions", "public", "results")},
-        "timeline": [
-            {"name": "train_data_release", "title": "Train", "date": day(-30)},
-            {"name": "validation_server_online", "title": "Validation", "date": day(-29)},
-            {"name": "test_data_release", "title": "Test", "date": day(-3)},
-            {
-                "name": "final_deadline",
-                "title": "Deadline",
-                "date": day(1),
-                "phase": "final_collection",
-            },
-            {
-                "name": "preliminary_results",
-                "title": "Results",
-                "date": day(3),
-                "phase": "preliminary_results",
-            },
-        ],
-        # The device defaults of a challenge file (50 timed runs lasting at least 1 s).
-        "devices": [{"name": "cpu", "backend": "litert", "threads": 1}],
-        "tracks": TRACKS,
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "overhead.yaml"
-    path.write_text(json.dumps(config))
-    rows = [f"t{i:03d},Team {i},t{i:03d}@teams.example,{TRACKS[i % 3]['id']}" for i in range(teams)]
-    (folder / "teams.csv").write_text("team_id,team_name,email,tracks\n" + "\n".join(rows) + "\n")
-    return path
+DEVICES = [{"name": "cpu", "backend": "litert", "threads": 1}]
 
 
-def stage(s3, challenge, teams: int) -> None:
-    from mai_ops.dev.reference_models import build_reference_tflite
-    from mai_ops.dev.test_data import stage_synthetic_test_data
-    from mai_ops.infra.layout import upload_key
+def task_time_report(instances: list[dict], work: dict[str, float]) -> str:
+    """Where a task's time goes: waiting to start, running around its work, the work."""
 
-    models = {t.id: build_reference_tflite(t) for t in challenge.tracks}
-    stage_synthetic_test_data(s3, challenge, [t.id for t in challenge.tracks], count=2)
-    for i in range(teams):
-        track = TRACKS[i % 3]["id"]
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w") as zf:
-            zf.writestr("model.tflite", models[track])
-            zf.writestr("readme.txt", f"team {i}\n")  # every archive has its own sha256
-        key = upload_key(track, "final", f"t{i:03d}", "submission.zip")
-        s3.put_object(Bucket=challenge.buckets.submissions, Key=key, Body=archive.getvalue())
+    def at(value: str | None) -> dt.datetime | None:
+        return dt.datetime.fromisoformat(value) if value else None
 
-
-def pure_work(s3, challenge) -> dict[str, float]:
-    """Seconds the tasks measured inside themselves, per stage, from the stored records."""
-    from mai_ops.infra.layout import SCORES
-    from mai_ops.infra.storage import get_json, list_objects
-
-    totals: dict[str, float] = {}
-    for obj in list_objects(s3, challenge.buckets.results, SCORES):
-        name = obj["Key"].rsplit("/", 1)[-1]
-        if name in ("checks.json", "benchmark.json", "fidelity.json"):
-            record = get_json(s3, challenge.buckets.results, obj["Key"])
-            for stage, seconds in (record.get("seconds") or {}).items():
-                totals[stage] = totals.get(stage, 0.0) + seconds
-    return totals
-
-
-CONF = {"track": "all", "team": None, "remeasure": False, "constants": {}, "apply": False}
-
-
-def run_in_process(work: Path, path: Path, challenge, n: int) -> tuple[float, str, dict]:
-    """dag.test() in this process, one task at a time (how the demo runs a DAG)."""
-    from mai_ops.dev.demo import airflow_env, migrate_db
-    from mai_ops.dev.embedded import LocalS3, LocalSMTP, connection_env, ensure_challenge_buckets
-    from mai_ops.devices.pools import import_pools
-
-    s3_server = LocalS3().start()
-    smtp = LocalSMTP(work / "outbox")
-    smtp.start()
-    try:
-        os.environ.update(airflow_env(work / "airflow"))
-        os.environ.update(connection_env(s3_server.endpoint_url, smtp.host, smtp.port))
-        os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
-        migrate_db({**os.environ})
-        import_pools({**os.environ}, [challenge])
-        s3 = s3_server.client()
-        ensure_challenge_buckets(s3, challenge.buckets)
-        stage_and_freeze(s3, path, challenge, n)
-        from airflow.dag_processing.dagbag import DagBag
-
-        dag = DagBag(dag_folder=str(PROJECT / "dags")).get_dag("overhead__scoring")
-        started = time.monotonic()
-        run = dag.test(run_conf=CONF)
-        return time.monotonic() - started, str(run.state), pure_work(s3, challenge)
-    finally:
-        smtp.stop()
-        s3_server.stop()
-
-
-def run_on_stack(work: Path, path: Path, challenge, n: int) -> tuple[float, str, dict]:
-    """The local stack of ``make up`` (scheduler, LocalExecutor, API server), by its API."""
-    import signal
-    import subprocess
-    import urllib.request
-
-    from mai_ops.dev.embedded import free_port, s3_client
-    from mai_ops.dev.stack import spawn
-
-    def api(method: str, route: str, body: dict | None = None) -> dict:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v2{route}",
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"},
+    by_task: dict[str, list[float]] = {}
+    waits: list[float] = []
+    for ti in instances:
+        stage = ti["task_id"].rsplit(".", 1)[-1]
+        if ti.get("duration") is not None:
+            by_task.setdefault(stage, []).append(ti["duration"])
+        queued, start = at(ti.get("queued_when")), at(ti.get("start_date"))
+        if queued and start:
+            waits.append((start - queued).total_seconds())
+    work_of = {"prepare": work.get("prepare", 0) + work.get("integrity", 0)}
+    work_of |= {k: work.get(k, 0) for k in ("benchmark", "fidelity")}
+    lines = ["task time by stage (sum of task durations against the work inside them):"]
+    for stage, durations in sorted(by_task.items()):
+        inside = work_of.get(stage)
+        extra = f", work {inside:.1f} s" if inside is not None else ""
+        lines.append(
+            f"  {stage}: {len(durations)} tasks, {sum(durations):.1f} s "
+            f"({sum(durations) / len(durations):.2f} s each){extra}"
         )
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return json.load(resp)
-
-    port, s3_port = free_port(), free_port()
-    env = {**os.environ, "MAI_OPS_CHALLENGES_DIR": str(path.parent)}
-    stack = spawn(port, s3_port, work / "airflow", work / "stack.log", env)
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                api("GET", "/dags/overhead__scoring")
-                break
-            except OSError:
-                if stack.poll() is not None or time.monotonic() > deadline:
-                    print((work / "stack.log").read_text()[-3000:])
-                    raise SystemExit("the stack did not come up") from None
-                time.sleep(2)
-        s3 = s3_client(f"http://127.0.0.1:{s3_port}")
-        stage_and_freeze(s3, path, challenge, n)
-        api("PATCH", "/dags/overhead__scoring", {"is_paused": False})
-        started = time.monotonic()
-        run = api(
-            "POST",
-            "/dags/overhead__scoring/dagRuns",
-            {"logical_date": None, "conf": CONF},
+    # The device's chain: from one benchmark's end to the next one's queueing (the
+    # scheduler's turn) and from its queueing to its start (the executor's).
+    chain = sorted(
+        (at(ti["start_date"]), at(ti["end_date"]), at(ti["queued_when"]))
+        for ti in instances
+        if ti["task_id"].endswith(".benchmark") and ti.get("start_date") and ti.get("end_date")
+    )
+    turns = [(b[2] - a[1]).total_seconds() for a, b in itertools.pairwise(chain) if b[2]]
+    starts = [(c[0] - c[2]).total_seconds() for c in chain[1:] if c[2]]
+    if turns and starts:
+        turns.sort()
+        starts.sort()
+        lines.append(
+            f"device hand-over between benchmarks: end to next queued median "
+            f"{turns[len(turns) // 2]:.2f} s, queued to running median "
+            f"{starts[len(starts) // 2]:.2f} s"
         )
-        while True:
-            state = api("GET", f"/dags/overhead__scoring/dagRuns/{run['dag_run_id']}")["state"]
-            if state in ("success", "failed"):
-                break
-            time.sleep(0.5)
-        return time.monotonic() - started, state, pure_work(s3, challenge)
-    finally:
-        os.killpg(stack.pid, signal.SIGINT)
-        try:
-            stack.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-
-
-def stage_and_freeze(s3, path: Path, challenge, n: int) -> None:
-    from mai_ops import tasks
-    from mai_ops.dev.embedded import ensure_challenge_buckets
-
-    ensure_challenge_buckets(s3, challenge.buckets)
-    print(f"building models and staging {n} submissions over 3 tracks", flush=True)
-    stage(s3, challenge, n)
-    tasks.freeze_final(path, s3=s3, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    if waits:
+        waits.sort()
+        lines.append(
+            f"queued to running: median {waits[len(waits) // 2]:.2f} s, "
+            f"max {waits[-1]:.1f} s, sum {sum(waits):.1f} s over {len(waits)} tasks "
+            "(pool slots and executor start)"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -263,14 +164,22 @@ def main() -> int:
     args = parser.parse_args()
 
     from mai_ops.challenge.config import load_challenge
+    from mai_ops.dev import final_phase
 
     with tempfile.TemporaryDirectory(prefix="mai-overhead-") as tmp:
         work = Path(tmp)
-        path = challenge_file(work / "challenges", args.n)
+        path = final_phase.challenge_file(work / "challenges", args.n, TRACKS, DEVICES)
         os.environ["MAI_OPS_CHALLENGES_DIR"] = str(path.parent)
         challenge = load_challenge(path)
-        runner = run_in_process if args.in_process else run_on_stack
-        wall, state, work_by_stage = runner(work, path, challenge, args.n)
+        print("building each track's model", flush=True)
+        models = final_phase.build_models(path, work / "models", graded=False)
+        if args.in_process:
+            result = final_phase.run_in_process(work, path, challenge, args.n, models, False)
+            wall, state, work_by_stage = result["wall"], result["state"], result["pure"]
+        else:  # the local stack of make up (scheduler, LocalExecutor, API server)
+            result = final_phase.score_on_stack(work, path, challenge, args.n, models, False)
+            print(task_time_report(result["tis"], result["pure"]))
+            wall, state, work_by_stage = result["wall"], result["state"], result["pure"]
     pure = sum(work_by_stage.values())
     tasks_run = 4 * args.n + len(TRACKS) + 1
     mode = "dag.test in process, one task at a time" if args.in_process else "local stack"
