@@ -4,6 +4,7 @@ bucket, the rehearsal copy, the challenge folders, and the generated airflow.cfg
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,63 @@ def test_a_rehearsal_copy_is_a_challenge_of_its_own_open_now(tmp_path):
     # No dated final deadline, no rehearsal.
     with pytest.raises(ValueError, match="final_deadline"):
         rehearsal_copy(CHALLENGES / "mai2023.yaml", tmp_path, today=today, suffix="rehearsal")
+
+
+def test_a_rehearsal_copy_is_served_only_once_its_buckets_exist(tmp_path, s3_server, monkeypatch):
+    """The DAGs read the rehearsal folder: a copy there before its buckets would let a
+    phase it runs late at once fail on a missing bucket. Storage failing in between
+    leaves no copy, and the next sync serves the file again."""
+    import yaml
+
+    from mai_ops.dev import embedded
+    from mai_ops.dev.stack import ChallengeWatcher
+
+    sources, rehearsals = tmp_path / "challenges", tmp_path / "rehearsal"
+    sources.mkdir()
+    (sources / "teams.csv").write_text("team_id,team_name,email\nt,T,t@teams.example\n")
+    (sources / "served.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "id": "served",
+                "title": "Served in order",
+                "participants": {"source": "file", "path": "teams.csv"},
+                "buckets": {
+                    r: f"served-{r}" for r in ("organizers", "submissions", "public", "results")
+                },
+                "timeline": [
+                    {"name": "final_deadline", "title": "Final", "date": dt.date(2031, 3, 20)}
+                ],
+            }
+        )
+    )
+    copy = rehearsals / "served_rehearsal.yaml"
+    made, refuse = [], ["served-submissions-rehearsal"]
+    real = embedded.ensure_challenge_buckets
+
+    def ensure(s3, buckets):
+        made.append((buckets.submissions, copy.exists()))
+        if buckets.submissions in refuse:
+            refuse.remove(buckets.submissions)
+            raise ConnectionError("storage down")
+        return real(s3, buckets)
+
+    monkeypatch.setattr(embedded, "ensure_challenge_buckets", ensure)
+    watcher = ChallengeWatcher(s3_server.endpoint_url, dict(os.environ), [sources], rehearsals)
+    with pytest.raises(ConnectionError):
+        watcher.sync()
+    assert not copy.exists()
+    done = watcher.sync()
+    assert copy.exists(), done
+    assert made == [
+        ("served-submissions", False),
+        ("served-submissions-rehearsal", False),
+        ("served-submissions", False),
+        ("served-submissions-rehearsal", False),
+    ]
+    names = {b["Name"] for b in s3_server.client().list_buckets()["Buckets"]}
+    assert {"served-results", "served-results-rehearsal"} <= names
+    assert watcher.sync() == []  # nothing changed, nothing served again
+    assert load_challenge(copy).id == "served_rehearsal"
 
 
 def test_a_rehearsal_copy_may_put_the_deadline_at_an_exact_minute(tmp_path):

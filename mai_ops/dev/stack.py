@@ -61,9 +61,10 @@ HOST = "127.0.0.1"
 # How long Airflow gets after SIGINT, then after SIGTERM, before SIGKILL. It usually
 # needs about 5 s; a running task is cut short, which is safe as every task is idempotent.
 STOP_WAITS = {"SIGINT": 20.0, "SIGTERM": 10.0, "SIGKILL": 5.0}
-# How often the stack looks for new challenge files, and snapshots the S3 state (a
-# crash loses at most that much; a normal stop saves everything).
-WATCH_SECONDS = 5.0
+# How often the stack looks for new challenge files (a stat per file), and snapshots
+# the S3 state (a crash loses at most that much; a normal stop saves everything). A
+# file is served well before the DAG processor's next parse can show its DAGs.
+WATCH_SECONDS = 1.0
 SAVE_SECONDS = 30.0
 REHEARSAL = "rehearsal"
 EXECUTORS = ("local", "celery")
@@ -152,8 +153,9 @@ class ChallengeWatcher:
 
     A file dropped in (or edited) gets its rehearsal copy, buckets, upload queue with
     the bucket's notification, and device pools at the next :meth:`sync`; the DAG
-    processor picks up its DAGs at its next parse of the DAG file. An invalid file is
-    reported, not fatal: its DAGs show the errors.
+    processor picks up its DAGs at its next parse of the DAG file. A rehearsal copy is
+    written where the DAGs look only once its buckets exist, so a phase it runs late
+    at once finds them. An invalid file is reported, not fatal: its DAGs show the errors.
     """
 
     def __init__(self, s3_endpoint: str, env: dict[str, str], sources: list[Path], rehearsals):
@@ -171,7 +173,11 @@ class ChallengeWatcher:
             before = self.known.get(path, (None,))[0]
             self._read_if_changed(path, done)
             if self.rehearsals is not None and self.known[path][0] != before:
-                self._rehearse(path, self.known[path][1], done)
+                try:
+                    self._rehearse(path, self.known[path][1], done)
+                except Exception:  # storage down: the next sync serves the file again
+                    del self.known[path]
+                    raise
         if self.rehearsals is not None:
             for path in challenge_files(self.rehearsals):
                 self._read_if_changed(path, done)
@@ -229,9 +235,14 @@ class ChallengeWatcher:
             (self.rehearsals / f"{source.stem}_{REHEARSAL}{source.suffix}").unlink(missing_ok=True)
             return
         try:
-            rehearsal_copy(source, self.rehearsals, suffix=REHEARSAL)
+            staged = rehearsal_copy(source, self.rehearsals / ".staging", suffix=REHEARSAL)
         except ValueError as exc:
             done.append(f"no rehearsal copy: {exc}")
+            return
+        self._read_if_changed(staged, done)
+        served = self.rehearsals / staged.name
+        staged.replace(served)  # keeps its mtime: the copy is known as served
+        self.known[served] = self.known.pop(staged)
 
 
 def common_timezone(files: list[Path]) -> str:
