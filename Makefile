@@ -5,6 +5,10 @@ UV := .tools/bin/uv
 PY := .venv/bin/python
 # Use this machine's Python 3.11; never download an interpreter.
 export UV_PYTHON_DOWNLOADS := never
+# Compile every installed module once, at install: where PYTHONDONTWRITEBYTECODE is set
+# no process ever writes a .pyc, and each Airflow component, task and CLI call would
+# compile Airflow again (`airflow version`: 4.2 s without, 1.7 s with).
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: demo test lint format up up-celery validate timeline compose-tool sandbox-tool browser-tool bench clean
 
