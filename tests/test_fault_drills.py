@@ -199,39 +199,6 @@ def drill(stack):
     return {"path": path, "deadline": deadline}
 
 
-# --- the mail relay ---------------------------------------------------------------------
-
-
-def test_the_mail_relay_down_for_30_s_delays_the_emails_and_sends_each_once(stack, drill):
-    """mai2021's validation-server announcement while the SMTP server is down."""
-    dag_id = "mai2021__validation_server"
-    wait_for_dag(stack, dag_id)
-    began = time.monotonic()
-    drill_fault(stack, smtp={"seconds": OUTAGE_S})
-    body = {"logical_date": None, "conf": {"event": "validation_server_online"}}
-    run = api(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
-    run = finished_run(stack, dag_id, run["dag_run_id"])
-    print(f"\nSMTP drill: {time.monotonic() - began:.0f} s")
-    assert run["state"] == "success", run
-    [ti] = [
-        t for t in task_instances(stack, dag_id, run["dag_run_id"]) if "announce" in t["task_id"]
-    ]
-    assert ti["state"] == "success" and ti["try_number"] >= 2, ti  # it failed, then waited
-    first = task_log(stack, dag_id, run["dag_run_id"], ti["task_id"], 1)
-    assert "RelayUnavailable" in first, first
-    assert log_lines(stack, "SMTP server") and log_lines(stack, "is back")
-
-    from mai_ops.challenge.participants import load_teams
-
-    path = stack.root / "challenges" / "mai2021.yaml"
-    teams = load_teams(load_challenge(path), path, None)
-    notices, _ = team_mail_counts(stack)
-    sent = {n: c for n, c in notices.items() if "validation_server_online" in n}
-    assert sorted(n.rsplit("/", 1)[1] for n in sent) == sorted(t.team_id for t in teams)
-    assert set(sent.values()) == {1}, sent
-    assert_nothing_sent_twice(stack)
-
-
 # --- work that never finished ----------------------------------------------------------
 
 
@@ -242,7 +209,11 @@ def test_an_upload_whose_processing_died_long_ago_is_failed_once_and_the_organiz
     processing marker, no record. Started three hours ago (the limit is two), it is
     failed by the validation DAG's sweep as ``processing_stuck``: its team answered
     once, the sweep task red at once so the organizers' alert names it, and nothing
-    left "running"; the next run leaves it alone."""
+    left "running"; the next run leaves it alone.
+
+    First in the module: the freeze drill's storage outage, armed when the drill
+    challenge arrives, fires at its freeze a minute or two later, whichever test is
+    running then; this test's own uploads and reads would meet it."""
     from mai_ops.infra.layout import upload_record_key
     from mai_ops.submissions.stuck import mark_started
     from mai_ops.timeouts import STUCK_AFTER_S
@@ -288,6 +259,39 @@ def test_an_upload_whose_processing_died_long_ago_is_failed_once_and_the_organiz
     again = api(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
     assert finished_run(stack, dag_id, again["dag_run_id"])["state"] == "success"
     assert len(_alerts(stack, "sweep_stuck")) == 1
+    assert_nothing_sent_twice(stack)
+
+
+# --- the mail relay ---------------------------------------------------------------------
+
+
+def test_the_mail_relay_down_for_30_s_delays_the_emails_and_sends_each_once(stack, drill):
+    """mai2021's validation-server announcement while the SMTP server is down."""
+    dag_id = "mai2021__validation_server"
+    wait_for_dag(stack, dag_id)
+    began = time.monotonic()
+    drill_fault(stack, smtp={"seconds": OUTAGE_S})
+    body = {"logical_date": None, "conf": {"event": "validation_server_online"}}
+    run = api(stack, "POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+    run = finished_run(stack, dag_id, run["dag_run_id"])
+    print(f"\nSMTP drill: {time.monotonic() - began:.0f} s")
+    assert run["state"] == "success", run
+    [ti] = [
+        t for t in task_instances(stack, dag_id, run["dag_run_id"]) if "announce" in t["task_id"]
+    ]
+    assert ti["state"] == "success" and ti["try_number"] >= 2, ti  # it failed, then waited
+    first = task_log(stack, dag_id, run["dag_run_id"], ti["task_id"], 1)
+    assert "RelayUnavailable" in first, first
+    assert log_lines(stack, "SMTP server") and log_lines(stack, "is back")
+
+    from mai_ops.challenge.participants import load_teams
+
+    path = stack.root / "challenges" / "mai2021.yaml"
+    teams = load_teams(load_challenge(path), path, None)
+    notices, _ = team_mail_counts(stack)
+    sent = {n: c for n, c in notices.items() if "validation_server_online" in n}
+    assert sorted(n.rsplit("/", 1)[1] for n in sent) == sorted(t.team_id for t in teams)
+    assert set(sent.values()) == {1}, sent
     assert_nothing_sent_twice(stack)
 
 
