@@ -20,18 +20,19 @@ machine's two cores shared with the scheduler, API server and DAG processor.
 
 Reference: the pure work itself (ratio 1.0). Target: wall / pure work <= 1.3 at N = 100.
 
-Last measured on two quiet cores, N = 100 (404 task instances): with the scheduler's
-idle sleep at Airflow's 1 s, wall 389 and 399 s in two runs (pure work 189 and 226 s,
-ratio 2.06 and 1.77); at 0.2 s (AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2 in
-the environment; not the default: it lets a dropped-in challenge's late phase start
-before the stack has made its buckets), wall 332 s, pure work 197 s,
-ratio 1.68 (the pure work itself varies by a tenth or more between runs). Where the
-rest goes: every task carries 0.3 to 0.9 s around its work (its process, the DAG
-file, XCom, the stage files on S3; a `score` task is only that, 0.46 s), 400 tasks
-share two cores with the scheduler, API server and DAG processor, and the benchmarks
-take turns on the one device slot: 100 tasks of 1.6 s (1.2 s of measuring in each),
-with a hand-over between them (the scheduler's turn, then the executor's start) that
-the report prints: 0.28 s and 0.09 s (medians) at 0.2 s.
+Last measured on two quiet cores, N = 100 (404 task instances), with every installed
+module compiled at install (as ``make`` does) and the scheduler's idle sleep at
+Airflow's 1 s: wall 362 s, pure work 176 s, ratio 2.06 (before compiling: 389 and 399 s
+against 189 and 226 s, ratios 2.06 and 1.77; the pure work itself varies by a tenth or
+more between runs). Where the rest goes: every task carries 0.3 to 0.5 s around its
+work (its process, the DAG file, XCom, the stage files on S3; a `score` task is only
+that, 0.31 s), 400 tasks share two cores with the scheduler, API server and DAG
+processor, and the benchmarks take turns on the one device slot: 100 tasks of 1.5 s
+(1.2 s of measuring in each), with a hand-over between them (the scheduler's turn,
+then the executor's start) that the report prints: 0.58 s and 0.04 s (medians). At an
+idle sleep of 0.2 s (AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2, not the default:
+an idle scheduler then uses five times the CPU) the hand-over was 0.28 s and the ratio
+1.68 (wall 332 s, pure work 197 s, before compiling).
 
     .venv/bin/python bench/final_phase_overhead.py -n 20
     .venv/bin/python bench/final_phase_overhead.py -n 100
