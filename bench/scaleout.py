@@ -26,15 +26,16 @@ stored stage records). Then the ratio of the wall times (celery / local).
 The stacks run one after the other, each on free ports with a home of its own in a
 temporary folder; the Celery stack's database and broker keys are dropped afterwards.
 
-Last measured on two quiet cores, n = 100 (403 task instances), with the scheduler's
-idle sleep at 0.2 s (AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2 in the
-environment, both stacks; Airflow's 1 s stays the default): local 349.7 s (69.1
-tasks/min, 1201 MiB at rest, 1699 MiB at most), celery 388.2 s (62.3 tasks/min,
-1526 and 2040 MiB), ratio 1.11
-(1.50 with Airflow's 1 s: local 338.6 s, celery 507.1 s). Both spend most of a task's
-life scheduled and waiting to be queued (median 41 s local, 133 s celery: pool slots
-and the scheduler's loop); once queued, Celery starts a task in 0.03 s, LocalExecutor
-in 2.9 s; the tasks ran about 0.7 s each on both, 113 s of measured work in all.
+Last measured on two quiet cores, n = 100 (403 task instances), every installed module
+compiled at install (as ``make`` does), Airflow's 1 s scheduler idle sleep: local
+310.6 s (77.8 tasks/min, 1180 MiB at rest, 1559 MiB at most), celery 485.3 s (49.8
+tasks/min, 1450 and 2006 MiB), ratio 1.56. Both spend most of a task's life scheduled
+and waiting to be queued (median 63 s local, 161 s celery: pool slots and the
+scheduler's loop); once queued, Celery starts a task in 0.04 s, LocalExecutor in 2.6 s;
+the tasks ran 0.55 s (local) and 0.81 s (celery) at the median, 94 and 114 s of measured
+work. Before compiling, with the idle sleep at 0.2 s
+(AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2 in the environment): local 349.7 s,
+celery 388.2 s, ratio 1.11; at 1 s: 338.6 s and 507.1 s, ratio 1.50.
 """
 
 from __future__ import annotations
