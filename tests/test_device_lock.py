@@ -75,3 +75,55 @@ def _hold_forever(device: Device, holding) -> None:
     with device_lock(device):
         holding.set()
         time.sleep(3600)
+
+
+def _hold_for(device: Device, seconds: float, holding) -> None:
+    with device_lock(device):
+        holding.set()
+        time.sleep(seconds)
+
+
+def test_a_benchmark_keeps_its_wait_for_the_device_apart_from_its_own_time(tmp_path, monkeypatch):
+    """A scoring benchmark may start while another measures and wait at the lock: the
+    record's ``seconds`` keep that wait apart, so they say what the benchmark took."""
+    from mai_ops.challenge.config import load_challenge
+    from mai_ops.dev.reference_models import build_reference_tflite
+    from mai_ops.submissions import evaluation
+
+    from .conftest import MAI2021
+
+    monkeypatch.setenv("MAI_OPS_DEVICE_LOCKS", str(tmp_path))
+    challenge = load_challenge(MAI2021)
+    track = challenge.tracks[0]
+    quick = challenge.device(track.device).model_copy(update={"runs": 3, "min_seconds": 0})
+    challenge = challenge.model_copy(update={"devices": [quick]})
+    model = tmp_path / "model.tflite"
+    model.write_bytes(build_reference_tflite(track))
+
+    def benchmarked() -> tuple[dict, float]:
+        started = time.monotonic()
+        record = evaluation.evaluate(
+            evaluation.Evaluation(team="t"),
+            challenge,
+            track,
+            None,
+            tmp_path,
+            stages=("benchmark",),
+            artifacts={"model": model},
+        )
+        assert record.status == "ok", record.errors
+        return record.seconds, time.monotonic() - started
+
+    alone, _ = benchmarked()
+    assert evaluation.DEVICE_WAIT not in alone
+
+    ctx = multiprocessing.get_context("fork")
+    holding = ctx.Event()
+    holder = ctx.Process(target=_hold_for, args=(quick, 3.0, holding))
+    holder.start()
+    assert holding.wait(timeout=60)
+    seconds, took = benchmarked()
+    holder.join(timeout=60)
+    assert seconds[evaluation.DEVICE_WAIT] >= 2.0
+    assert seconds["benchmark"] + seconds[evaluation.DEVICE_WAIT] <= took
+    assert seconds["benchmark"] < took - 2.0

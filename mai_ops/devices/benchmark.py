@@ -7,6 +7,7 @@ never needs to know which one measured the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mai_ops.challenge.config import Device, Track
@@ -18,10 +19,20 @@ __all__ = ["BenchmarkError", "BenchmarkResult", "run_benchmark"]
 
 
 def run_benchmark(
-    model_path: str | Path, device: Device, track: Track | None = None, profile: bool = False
+    model_path: str | Path,
+    device: Device,
+    track: Track | None = None,
+    profile: bool = False,
+    waited: Callable[[float], None] | None = None,
 ) -> BenchmarkResult:
-    """Measure ``model_path`` on ``device``, holding the device (:mod:`.lock`) meanwhile."""
-    with device_lock(device):
+    """Measure ``model_path`` on ``device``, holding the device (:mod:`.lock`) meanwhile.
+
+    ``waited`` is told the seconds spent waiting for the device before measuring, so a
+    record keeps its queueing apart from the benchmark's own time.
+    """
+    with device_lock(device) as seconds:
+        if waited is not None:
+            waited(seconds)
         return _measure(model_path, device, track, profile)
 
 
