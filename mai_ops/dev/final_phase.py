@@ -257,9 +257,11 @@ def stage_and_freeze(
 
 
 def pure_work(s3, challenge) -> dict[str, float]:
-    """Seconds the tasks measured inside themselves, per stage, from the stored records."""
+    """Seconds the tasks measured inside themselves, per stage, from the stored records
+    (a benchmark's wait for its busy device is not work)."""
     from mai_ops.infra.layout import SCORES
     from mai_ops.infra.storage import get_json, list_objects
+    from mai_ops.submissions.evaluation import DEVICE_WAIT
 
     totals: dict[str, float] = {}
     for obj in list_objects(s3, challenge.buckets.results, SCORES):
@@ -267,8 +269,24 @@ def pure_work(s3, challenge) -> dict[str, float]:
         if name in ("checks.json", "benchmark.json", "fidelity.json"):
             record = get_json(s3, challenge.buckets.results, obj["Key"])
             for name, seconds in (record.get("seconds") or {}).items():
-                totals[name] = totals.get(name, 0.0) + seconds
+                if name != DEVICE_WAIT:
+                    totals[name] = totals.get(name, 0.0) + seconds
     return totals
+
+
+def work_alone(s3, path: Path, challenge) -> dict[str, float]:
+    """Score every frozen submission in this process, one after another, and return the
+    pure work per stage: what each stage takes with the machine to itself.
+
+    The reference of the overhead bench: tasks that run side by side on a few cores
+    each take longer inside, so their own sum would flatter the DAG's wall time.
+    """
+    from mai_ops import tasks
+
+    for track in challenge.tracks:
+        for entry in tasks.list_frozen(path, track.id, s3=s3):
+            tasks.score_submission(path, entry, force=True, s3=s3)
+    return pure_work(s3, challenge)
 
 
 def ranking(s3, challenge) -> dict:
@@ -436,6 +454,7 @@ def score_on_stack(
     executor: str = "local",
     options: list[str] | None = None,
     watch: Callable[[int], contextlib.AbstractContextManager] | None = None,
+    alone_first: bool = False,
 ) -> dict:
     """The scoring DAG through a real stack's scheduler: ``make up`` (LocalExecutor) or
     ``make up-celery``, started on free ports under ``work``, stopped (and a Celery
@@ -443,9 +462,11 @@ def score_on_stack(
 
     Stages the uploads and freezes the set into the stack's storage, triggers scoring
     through the REST API and waits for the run. ``watch(session id)`` is entered around
-    the run (a bench measures memory with it). Returns the seconds until the DAG was
-    served (``up``) and of the run (``wall``), its state, its task instances, the pure
-    work and the ranked table (None unless the run succeeded).
+    the run (a bench measures memory with it). ``alone_first`` first scores every
+    submission in this process (:func:`work_alone`, kept as ``alone``), then has the
+    run measure everything again. Returns the seconds until the DAG was served (``up``)
+    and of the run (``wall``), its state, its task instances, the pure work and the
+    ranked table (None unless the run succeeded).
     """
     from mai_ops.dev.embedded import s3_client
     from mai_ops.dev.stack import POSTGRES, REDIS, forget_home
@@ -462,9 +483,10 @@ def score_on_stack(
         up = time.monotonic() - started
         s3 = s3_client(s3_endpoint)
         stage_and_freeze(s3, path, challenge, teams, models, graded)
+        alone = work_alone(s3, path, challenge) if alone_first else None
         with watch(proc.pid) if watch else contextlib.nullcontext():
             began = time.monotonic()
-            run_id = api.trigger(dag_id, CONF)
+            run_id = api.trigger(dag_id, CONF | {"remeasure": alone_first})
             state = api.wait_for_run(dag_id, run_id)
             wall = time.monotonic() - began
         return {
@@ -474,6 +496,7 @@ def score_on_stack(
             "state": state,
             "tis": api.task_instances(dag_id, run_id),
             "pure": pure_work(s3, challenge),
+            "alone": alone,
             "table": ranking(s3, challenge) if state == "success" else None,
         }
     finally:
