@@ -6,8 +6,9 @@ lists the frozen submissions; then each submission, named by its team, goes thro
 four tasks of the group `score_<track>`, each able to fail and be cleared on its own:
 
 - `prepare`: sha256 against the manifest, unpack, convert, checks;
-- `benchmark`: the runtime on the track's device (in the device's pool: one benchmark
-  per device at a time; on the workers of the device's `host` when it declares one);
+- `benchmark`: the runtime on the track's device (in the device's pool, behind its
+  lock: one benchmark measures per device at a time, sent before the other stages; on
+  the workers of the device's `host` when it declares one);
 - `fidelity`: the frozen model on the hidden test set, and the team's own results
   against its output (`results_not_reproduced`);
 - `score`: the record, with the track's formula.
@@ -41,6 +42,9 @@ from mai_ops_airflow.dag_header import (
 from mai_ops_airflow.outcomes import settle
 
 PHASE = DagPhase.SCORING
+# The device is the run's critical path: its benchmarks are sent first, then the checks
+# that feed it and the fidelity runs, taken in team order, then the light score.
+PRIORITY = {"benchmark": 4, "prepare": 3, "fidelity": 3, "score": 1}
 
 
 def params(challenge) -> dict:
@@ -89,7 +93,13 @@ def build(challenge, path, instants):
         def stage_task(stage: str, **options):
             """One stage of one team's submission; the grid shows the team's name."""
 
-            @task(task_id=stage, map_index_template="{{ team }}", **options)
+            @task(
+                task_id=stage,
+                map_index_template="{{ team }}",
+                priority_weight=PRIORITY[stage],
+                weight_rule="absolute",
+                **options,
+            )
             def run(entry):
                 context = get_current_context()
                 context["team"] = entry["team"]
@@ -110,7 +120,7 @@ def build(challenge, path, instants):
             @task_group(group_id=f"score_{track.id}")
             def score_submission(entry):
                 prepared = stage_task("prepare", pool=VALIDATION_POOL)(entry)
-                # One pool per device, one slot each: two benchmarks never share a device.
+                # The device's pool; its lock lets one benchmark measure at a time.
                 benchmark = stage_task(
                     "benchmark",
                     pool=pool_name(device),

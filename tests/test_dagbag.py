@@ -103,6 +103,21 @@ def test_scoring_dag_offers_a_rescore_form(dagbag):
     assert "empty: every team" in params.get_param("team").description
 
 
+def test_scoring_sends_the_device_its_benchmarks_first(dagbag):
+    """The device is the scoring run's critical path: a ready benchmark is queued before
+    any check, fidelity run or score, and a team's checks and fidelity run come in team
+    order, whatever the number of teams (absolute weights, not the downstream sum)."""
+    dag = dagbag.dags["mai2021__scoring"]
+    track = dag.task_group.get_child_by_label("score_learned_isp")
+    tasks = {
+        stage: dag.get_task(f"{track.group_id}.{stage}")
+        for stage in ("prepare", "benchmark", "fidelity", "score")
+    }
+    assert {str(t.weight_rule) for t in tasks.values()} == {"absolute"}
+    weight = {stage: t.priority_weight for stage, t in tasks.items()}
+    assert weight["benchmark"] > weight["prepare"] == weight["fidelity"] > weight["score"]
+
+
 def _parse_in_child(challenges_dir, dags_dir=PROJECT / "dags") -> dict:
     code = f"""
 import json, sys

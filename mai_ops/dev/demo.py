@@ -82,8 +82,11 @@ def airflow_env(home: Path) -> dict[str, str]:
         # the UI at a busy moment (just after a restart) is not answered with HTTP 500.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        # One worker slot per core is plenty here; the default starts 32 idle workers.
-        "AIRFLOW__CORE__PARALLELISM": str(max(4, os.cpu_count() or 1)),
+        # Task slots: 8, or two per core on a larger machine (the default starts 32 idle
+        # workers). A task waits for storage, the API server or the device's lock about
+        # as long as it computes, and the pools bound the heavy work; with one slot per
+        # core the cores idled (bench/final_phase_overhead.py).
+        "AIRFLOW__CORE__PARALLELISM": str(max(8, 2 * (os.cpu_count() or 1))),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         # The approval step is answered through the REST API, as the UI does, without a login.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",

@@ -1,8 +1,10 @@
-"""The device farm's Airflow pools: one slot per physical device, and the validation pool.
+"""The device farm's Airflow pools: one per physical device, and the validation pool.
 
-Every final scoring task runs in its device's pool, so one device never runs two
-benchmarks at once (they would disturb each other's timing) while different
-devices run in parallel. The validation server's tasks run in ``mai_validation``
+Every final scoring benchmark runs in its device's pool and measures behind the
+device's lock, so one device never runs two benchmarks at once (they would disturb
+each other's timing) while different devices run in parallel. A phone's pool has one
+slot; a CPU's has the one measuring and two more that get ready meanwhile
+(:func:`device_slots`). The validation server's tasks run in ``mai_validation``
 instead: a few uploads are checked at once and only their benchmarks queue for the
 device, behind its lock (:mod:`mai_ops.devices.lock`).
 
@@ -28,10 +30,12 @@ from collections.abc import Iterable
 from mai_ops.challenge.config import Challenge, Device
 
 LOCAL_CPU_POOL = "mai_device_local_cpu"
-# Uploads the validation server works on at once, across challenges: each holds a CPU
-# for its checks. On a larger worker, raise the slots (Admin > Pools in the UI).
+# Uploads the validation server checks at once, across challenges, and scoring's
+# checks and fidelity runs. A task spends as long starting and talking to storage as
+# its child computes, so two per core of a two-core worker keep both cores busy
+# (bench/final_phase_overhead.py). On a larger worker, raise the slots (Admin > Pools).
 VALIDATION_POOL = "mai_validation"
-VALIDATION_SLOTS = 2
+VALIDATION_SLOTS = 4
 # Airflow's own queue (``[operators] default_queue``): every worker without a device.
 DEFAULT_QUEUE = "default"
 
@@ -85,19 +89,35 @@ def batches_by_queue(challenge: Challenge, batches: list[list[str]]) -> dict[str
 
 
 def device_pools(challenges: Iterable[Challenge]) -> dict[str, dict]:
-    """Every device's pool: {name: {slots, description}}, one slot each."""
+    """Every device's pool: {name: {slots, description}} (:func:`device_slots`)."""
     users: dict[str, list[str]] = {}
     for challenge in challenges:
         for device in challenge.devices:
             users.setdefault(pool_name(device), []).append(f"{challenge.id}/{device.name}")
     return {
         name: {
-            "slots": 1,
+            "slots": device_slots(name),
             "description": _pool_kind(name) + ": " + ", ".join(sorted(devices)),
             "include_deferred": False,
         }
         for name, devices in users.items()
     }
+
+
+def device_slots(pool: str) -> int:
+    """Scoring benchmarks a device's pool runs at once: a phone 1, a CPU (``litert``) 3.
+
+    A LiteRT benchmark measures for about a second, less than Airflow takes to hand a
+    freed slot to the next task and start it on a busy worker. With two more slots the
+    next benchmarks start meanwhile, fetch their models and wait at the device's lock
+    (:mod:`mai_ops.devices.lock`, on the machine that measures), which still lets one
+    measure at a time, so the device never idles between two (at N = 100 the scoring
+    run took 338 s with one slot, 183 s with three and the other pool and priority
+    changes: bench/final_phase_overhead.py). A phone measures for a minute or more: the
+    hand-over is small beside it, and a task waiting at the lock would spend its own
+    timeout there, so one slot.
+    """
+    return 1 if pool.startswith("mai_device_adb_") else 3
 
 
 def _pool_kind(name: str) -> str:
