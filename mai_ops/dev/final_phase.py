@@ -274,6 +274,20 @@ def pure_work(s3, challenge) -> dict[str, float]:
     return totals
 
 
+def runtimes(s3, challenge) -> dict[str, float]:
+    """Each stored benchmark's median runtime (ms), by its record's key."""
+    from mai_ops.infra.layout import SCORES
+    from mai_ops.infra.storage import get_json, list_objects
+
+    out = {}
+    for obj in list_objects(s3, challenge.buckets.results, SCORES):
+        if obj["Key"].endswith("/benchmark.json"):
+            runtime = get_json(s3, challenge.buckets.results, obj["Key"]).get("runtime") or {}
+            if runtime.get("median_ms"):
+                out[obj["Key"]] = runtime["median_ms"]
+    return out
+
+
 def work_alone(s3, path: Path, challenge) -> dict[str, float]:
     """Score every frozen submission in this process, one after another, and return the
     pure work per stage: what each stage takes with the machine to itself.
@@ -464,7 +478,8 @@ def score_on_stack(
     through the REST API and waits for the run. ``watch(session id)`` is entered around
     the run (a bench measures memory with it). ``alone_first`` first scores every
     submission in this process (:func:`work_alone`, kept as ``alone``), then has the
-    run measure everything again. Returns the seconds until the DAG was served (``up``)
+    run measure everything again (``alone_runtimes``: the benchmarks' medians then,
+    ``runtimes``: after the run). Returns the seconds until the DAG was served (``up``)
     and of the run (``wall``), its state, its task instances, the pure work and the
     ranked table (None unless the run succeeded).
     """
@@ -484,6 +499,7 @@ def score_on_stack(
         s3 = s3_client(s3_endpoint)
         stage_and_freeze(s3, path, challenge, teams, models, graded)
         alone = work_alone(s3, path, challenge) if alone_first else None
+        alone_runtimes = runtimes(s3, challenge) if alone_first else None
         with watch(proc.pid) if watch else contextlib.nullcontext():
             began = time.monotonic()
             run_id = api.trigger(dag_id, CONF | {"remeasure": alone_first})
@@ -497,6 +513,8 @@ def score_on_stack(
             "tis": api.task_instances(dag_id, run_id),
             "pure": pure_work(s3, challenge),
             "alone": alone,
+            "alone_runtimes": alone_runtimes,
+            "runtimes": runtimes(s3, challenge),
             "table": ranking(s3, challenge) if state == "success" else None,
         }
     finally:
