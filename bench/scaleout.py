@@ -14,8 +14,8 @@ For each: the DAG's wall time, task instances per minute, the stack's memory (PS
 every process of its session: shared pages counted once; at rest before the run and
 the largest seen during it; the PostgreSQL and Redis servers the Celery stack uses are
 this machine's and not counted), and where the time goes, from the task instances the
-API returns: scheduled -> queued (the scheduler's loop, waiting for a pool slot: two
-for checks and fidelity, one per device, and executor slots), queued ->
+API returns: scheduled -> queued (the scheduler's loop, waiting for a pool slot: four
+for checks and fidelity, three per CPU device, and executor slots), queued ->
 running (the executor's delivery and the task process's start), the time the tasks ran,
 and the work the tasks measured inside themselves (checks, benchmark, fidelity, from the
 stored stage records). Then the ratio of the wall times (celery / local).
@@ -27,15 +27,16 @@ The stacks run one after the other, each on free ports with a home of its own in
 temporary folder; the Celery stack's database and broker keys are dropped afterwards.
 
 Last measured on two quiet cores, n = 100 (403 task instances), every installed module
-compiled at install (as ``make`` does), Airflow's 1 s scheduler idle sleep: local
-310.6 s (77.8 tasks/min, 1180 MiB at rest, 1559 MiB at most), celery 485.3 s (49.8
-tasks/min, 1450 and 2006 MiB), ratio 1.56. Both spend most of a task's life scheduled
-and waiting to be queued (median 63 s local, 161 s celery: pool slots and the
-scheduler's loop); once queued, Celery starts a task in 0.04 s, LocalExecutor in 2.6 s;
-the tasks ran 0.55 s (local) and 0.81 s (celery) at the median, 94 and 114 s of measured
-work. Before compiling, with the idle sleep at 0.2 s
-(AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME=0.2 in the environment): local 349.7 s,
-celery 388.2 s, ratio 1.11; at 1 s: 338.6 s and 507.1 s, ratio 1.50.
+compiled at install (as ``make`` does), Airflow's 1 s scheduler idle sleep, the pools and
+priorities of today (a CPU device's pool three slots, the validation pool four, the
+benchmarks sent first, eight executor slots on the local stack): local 164.6 s (146.9
+tasks/min, 1179 MiB at rest, 1744 MiB at most), celery 287.1 s (84.2 tasks/min, 1447
+and 1978 MiB), ratio 1.74. Median scheduled -> queued 0.88 s local, 6.62 s celery;
+queued -> running 1.27 s and 0.48 s; the tasks ran 1.07 s and 0.72 s at the median
+(the local stack's tasks share the two cores with more of each other), 128.8 and 109.2
+s of measured work. The Celery stack's two workers (four and two task slots) run
+fewer tasks at once than the local stack's eight. Before, with one device slot, two
+validation slots and four executor slots: local 310.6 s, celery 485.3 s, ratio 1.56.
 """
 
 from __future__ import annotations
