@@ -41,9 +41,9 @@ own (process, DAG file, XCom, the stage files on S3) around 0.2 to 0.6 s of work
 the scheduler, API server and DAG processor. Before, with one slot in the device's pool,
 two in the validation pool, four executor slots and Airflow's downstream priority
 weights, the same N = 100 took 355.5 s against 172.7 s of work measured inside the
-tasks (2.06; against the 150 s the work takes alone, 2.4): the cores were idle half the time,
-every benchmark waited 0.7 s for the scheduler and 0.5 s for its start after the
-previous one ended, and prepare tasks were sent before benchmarks. Now two benchmarks
+tasks (2.06; against the 150 s the work takes alone, 2.4): the cores were idle half
+the time, every benchmark waited 0.7 s for the scheduler and 0.5 s for its start after
+the previous one ended, and prepare tasks were sent before benchmarks. Now two benchmarks
 wait at the device's lock with their process started while one measures, benchmarks
 are sent first, and both cores stay busy to the end.
 

@@ -256,36 +256,38 @@ def stage_and_freeze(
     tasks.freeze_final(path, s3=s3, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
 
 
+def _stage_records(s3, challenge, names: tuple[str, ...]):
+    """(key, record) of every stored stage file named one of ``names``."""
+    from mai_ops.infra.layout import SCORES
+    from mai_ops.infra.storage import get_json, list_objects
+
+    for obj in list_objects(s3, challenge.buckets.results, SCORES):
+        if obj["Key"].rsplit("/", 1)[-1] in names:
+            yield obj["Key"], get_json(s3, challenge.buckets.results, obj["Key"])
+
+
 def pure_work(s3, challenge) -> dict[str, float]:
     """Seconds the tasks measured inside themselves, per stage, from the stored records
     (a benchmark's wait for its busy device is not work)."""
-    from mai_ops.infra.layout import SCORES
-    from mai_ops.infra.storage import get_json, list_objects
     from mai_ops.submissions.evaluation import DEVICE_WAIT
 
     totals: dict[str, float] = {}
-    for obj in list_objects(s3, challenge.buckets.results, SCORES):
-        name = obj["Key"].rsplit("/", 1)[-1]
-        if name in ("checks.json", "benchmark.json", "fidelity.json"):
-            record = get_json(s3, challenge.buckets.results, obj["Key"])
-            for name, seconds in (record.get("seconds") or {}).items():
-                if name != DEVICE_WAIT:
-                    totals[name] = totals.get(name, 0.0) + seconds
+    for _, record in _stage_records(
+        s3, challenge, ("checks.json", "benchmark.json", "fidelity.json")
+    ):
+        for name, seconds in (record.get("seconds") or {}).items():
+            if name != DEVICE_WAIT:
+                totals[name] = totals.get(name, 0.0) + seconds
     return totals
 
 
 def runtimes(s3, challenge) -> dict[str, float]:
     """Each stored benchmark's median runtime (ms), by its record's key."""
-    from mai_ops.infra.layout import SCORES
-    from mai_ops.infra.storage import get_json, list_objects
-
-    out = {}
-    for obj in list_objects(s3, challenge.buckets.results, SCORES):
-        if obj["Key"].endswith("/benchmark.json"):
-            runtime = get_json(s3, challenge.buckets.results, obj["Key"]).get("runtime") or {}
-            if runtime.get("median_ms"):
-                out[obj["Key"]] = runtime["median_ms"]
-    return out
+    return {
+        key: record["runtime"]["median_ms"]
+        for key, record in _stage_records(s3, challenge, ("benchmark.json",))
+        if (record.get("runtime") or {}).get("median_ms")
+    }
 
 
 def work_alone(s3, path: Path, challenge) -> dict[str, float]:
@@ -479,9 +481,9 @@ def score_on_stack(
     the run (a bench measures memory with it). ``alone_first`` first scores every
     submission in this process (:func:`work_alone`, kept as ``alone``), then has the
     run measure everything again (``alone_runtimes``: the benchmarks' medians then,
-    ``runtimes``: after the run). Returns the seconds until the DAG was served (``up``)
-    and of the run (``wall``), its state, its task instances, the pure work and the
-    ranked table (None unless the run succeeded).
+    ``runtimes``: after the run; both None without it). Returns the seconds until the
+    DAG was served (``up``) and of the run (``wall``), its state, its task instances,
+    the pure work and the ranked table (None unless the run succeeded).
     """
     from mai_ops.dev.embedded import s3_client
     from mai_ops.dev.stack import POSTGRES, REDIS, forget_home
@@ -514,7 +516,7 @@ def score_on_stack(
             "pure": pure_work(s3, challenge),
             "alone": alone,
             "alone_runtimes": alone_runtimes,
-            "runtimes": runtimes(s3, challenge),
+            "runtimes": runtimes(s3, challenge) if alone_first else None,
             "table": ranking(s3, challenge) if state == "success" else None,
         }
     finally:

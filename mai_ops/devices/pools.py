@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from mai_ops.challenge.config import Challenge, Device
 
 LOCAL_CPU_POOL = "mai_device_local_cpu"
+PHONE_POOL_PREFIX = "mai_device_adb_"
+HOST_CPU_POOL_PREFIX = "mai_device_cpu_"
 # Uploads the validation server checks at once, across challenges, and scoring's
 # checks and fidelity runs. A task spends as long starting and talking to storage as
 # its child computes, so two per core of a two-core worker keep both cores busy
@@ -43,9 +45,9 @@ DEFAULT_QUEUE = "default"
 def pool_name(device: Device) -> str:
     """The pool of the hardware ``device`` measures on."""
     if device.backend == "adb":
-        return "mai_device_adb_" + re.sub(r"[^A-Za-z0-9_.-]", "_", device.serial or device.name)
+        return PHONE_POOL_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", device.serial or device.name)
     if device.host:  # that host's CPU, not the one of whichever worker took the task
-        return f"mai_device_cpu_{device.host}"
+        return HOST_CPU_POOL_PREFIX + device.host
     return LOCAL_CPU_POOL
 
 
@@ -112,19 +114,19 @@ def device_slots(pool: str) -> int:
     next benchmarks start meanwhile, fetch their models and wait at the device's lock
     (:mod:`mai_ops.devices.lock`, on the machine that measures), which still lets one
     measure at a time, so the device never idles between two (at N = 100 the scoring
-    run took 338 s with one slot, 183 s with three and the other pool and priority
-    changes: bench/final_phase_overhead.py). A phone measures for a minute or more: the
+    run took 355 s with one slot, 338 s with two, 182 s with three and the other pool
+    and priority changes: bench/final_phase_overhead.py). A phone measures for a minute or more: the
     hand-over is small beside it, and a task waiting at the lock would spend its own
     timeout there, so one slot.
     """
-    return 1 if pool.startswith("mai_device_adb_") else 3
+    return 1 if pool.startswith(PHONE_POOL_PREFIX) else 3
 
 
 def _pool_kind(name: str) -> str:
     if name == LOCAL_CPU_POOL:
         return "the worker's CPU (litert)"
-    if name.startswith("mai_device_cpu_"):
-        return f"the CPU of {name.removeprefix('mai_device_cpu_')} (litert)"
+    if name.startswith(HOST_CPU_POOL_PREFIX):
+        return f"the CPU of {name.removeprefix(HOST_CPU_POOL_PREFIX)} (litert)"
     return "phone"
 
 
