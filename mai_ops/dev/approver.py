@@ -45,9 +45,8 @@ class Approver:
         while not self._stop.is_set() and time.monotonic() < deadline:
             try:
                 self._answer_pending(client)
-            except Exception as exc:  # shown by the caller; the run then waits visibly
+            except Exception as exc:  # e.g. the SQLite file locked by the run: ask again
                 self.errors.append(f"{type(exc).__name__}: {exc}")
-                return
             self._stop.wait(0.5)
 
     def _answer_pending(self, client) -> None:
