@@ -125,5 +125,5 @@ def test_a_benchmark_keeps_its_wait_for_the_device_apart_from_its_own_time(tmp_p
     seconds, took = benchmarked()
     holder.join(timeout=60)
     assert seconds[evaluation.DEVICE_WAIT] >= 2.0
-    assert seconds["benchmark"] + seconds[evaluation.DEVICE_WAIT] <= took
+    assert seconds["benchmark"] + seconds[evaluation.DEVICE_WAIT] <= took + 0.002  # ms rounding
     assert seconds["benchmark"] < took - 2.0
