@@ -465,6 +465,14 @@ def test_results_wait_for_approval_and_never_show_before_the_promised_instant(
     dag = finals_bag.dags["finals__preliminary_results"]
     promised = _promised(finals)
 
+    # Nobody answers in time (the REST API never reached): at the approver's deadline the
+    # step fails, as at a response timeout, instead of the run waiting for good.
+    with Approver("finals__preliminary_results", option="Reject", timeout_s=0) as late:
+        run = dag.test(logical_date=promised - dt.timedelta(days=3))
+    assert str(run.state) == "failed" and late.answered == [] and late.timed_out
+    assert _task_instances(run)[("approve_publication", None)] == "failed"
+    assert list(list_objects(s3, challenge.buckets.public)) == []
+
     # Rejected: nothing is published, no team hears anything.
     with Approver("finals__preliminary_results", option="Reject") as organizer:
         run = dag.test(logical_date=promised - dt.timedelta(days=2))

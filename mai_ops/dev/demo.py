@@ -414,6 +414,10 @@ class Demo:
                 with Approver(dag) as organizer:
                     self._run(bag, dag, instant)
                 say(f"        approved through the REST API: {len(organizer.answered)} step(s)")
+                if organizer.timed_out:
+                    say(f"        unanswered for {organizer.timeout_s:.0f} s: the step failed")
+                    for error in dict.fromkeys(organizer.errors):  # each distinct one once
+                        say(f"        the REST API answered: {error}")
             else:
                 self._run(bag, dag, instant)
 
