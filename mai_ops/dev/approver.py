@@ -50,7 +50,7 @@ class Approver:
         while not self._stop.is_set():
             try:  # e.g. the SQLite file locked by the run: ask again
                 if time.monotonic() < deadline:
-                    self._answer_pending(self._client)
+                    self._answer_pending()
                 else:
                     self._fail_waiting()
             except Exception as exc:
@@ -74,7 +74,8 @@ class Approver:
         configure_mappers()
         return TestClient(create_app("core"))
 
-    def _answer_pending(self, client) -> None:
+    def _answer_pending(self) -> None:
+        client = self._client
         listed = client.get(f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails")
         listed.raise_for_status()
         for detail in listed.json()["hitl_details"]:
